@@ -1,0 +1,115 @@
+"""The ``dbjobs`` command: parse flags, connect, call one library function, print, exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import psycopg
+
+from . import __version__, formats
+from .config import Config, load_config
+from .connection import connect, redact, resolve_dsn
+from .errors import ConnectError, DbjobsError, UnknownJobError
+from .install import install, uninstall
+from .run import installed_jobs, run
+from .status import SEVERITY, status
+
+EXIT_UNKNOWN = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbjobs", description="Expired-data cleanup run by PostgreSQL itself, through pg_cron."
+    )
+    parser.add_argument("--dsn", help="connection string or URL (default: DBJOBS_DSN, DATABASE_URL, PG* variables)")
+    parser.add_argument("--config", metavar="PATH", help="config file (default: ./dbjobs.toml, ./pyproject.toml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"dbjobs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("install", help="create or update dbjobs' SQL objects and pg_cron jobs")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p = commands.add_parser("status", help="report the scheduler and every job")
+    p.add_argument("--format", choices=sorted(formats.FORMATS), default="text")
+    p = commands.add_parser("run", help="run cleanups now")
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--all", action="store_true", help="run every installed job")
+    commands.add_parser("uninstall", help="remove dbjobs' pg_cron jobs and schema")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    dsn = resolve_dsn(args.dsn)
+    try:
+        config = load_config(args.config)
+        return COMMANDS[args.command](args, dsn, config)
+    except DbjobsError as exc:
+        if args.debug:
+            raise
+        return _fail(redact(str(exc), dsn), exc.exit_code)
+    except psycopg.OperationalError as exc:
+        # The connection broke after it was made (server shut down, network).
+        if args.debug:
+            raise
+        return _fail(redact(f"lost the connection: {_one_line(exc)}", dsn), ConnectError.exit_code)
+    except psycopg.Error as exc:
+        if args.debug:
+            raise
+        return _fail(redact(f"database error: {_one_line(exc)}", dsn), 1)
+
+
+def _cmd_install(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    with connect(dsn) as conn:
+        plan = install(conn, config, dry_run=args.dry_run)
+    print("\n".join(plan.lines()))
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    with connect(dsn) as conn:
+        plan = uninstall(conn, config)
+    print("\n".join(plan.lines()) if plan.changed else "nothing to remove: dbjobs is not installed")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    try:
+        with connect(dsn, autocommit=True) as conn:
+            report = status(conn, config)
+    except ConnectError as exc:
+        _fail(redact(str(exc), dsn), EXIT_UNKNOWN)
+        return EXIT_UNKNOWN
+    print(formats.FORMATS[args.format](report))
+    return SEVERITY[report.status]
+
+
+def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    if bool(args.jobs) == args.all:
+        raise UnknownJobError("name one or more jobs, or --all")
+    with connect(dsn, autocommit=True) as conn:
+        names = installed_jobs(conn, config) if args.all else args.jobs
+        failed = False
+        for name in names:
+            result = run(conn, config, name)
+            print(result.line(), flush=True)
+            failed |= not result.ok
+    return 1 if failed else 0
+
+
+COMMANDS = {"install": _cmd_install, "uninstall": _cmd_uninstall, "status": _cmd_status, "run": _cmd_run}
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"dbjobs: error: {message}", file=sys.stderr)
+    return code
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def entrypoint() -> None:
+    sys.exit(main())

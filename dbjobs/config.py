@@ -1,0 +1,228 @@
+"""Load the configuration (SPEC section 3) into frozen dataclasses.
+
+Sources, highest first: explicit overrides (the CLI's flags), the environment,
+the config file (``--config``, ``./dbjobs.toml`` or ``[tool.dbjobs]`` in
+``./pyproject.toml``), built-in defaults. Everything that can be checked
+without a database is checked here; ``catalog.py`` checks the rest against the
+live catalog before anything changes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import schedule
+from .errors import ConfigError
+
+DEFAULT_BATCH_SIZE = 5000
+JOB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    table: str
+    expires: tuple[str, ...]
+    retain: str
+    schedule: str
+    batch_size: int = DEFAULT_BATCH_SIZE
+    where: str | None = None
+    max_age: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    jobs: tuple[Job, ...]
+    schema: str = "dbjobs"
+    enabled: bool = True
+    history_retention: str = "7 days"
+    grace: str = "10 minutes"
+    cron_dsn: str | None = None
+    source: str = "built-in defaults"
+
+    def job(self, name: str) -> Job | None:
+        return next((j for j in self.jobs if j.name == name), None)
+
+
+DEFAULT_JOBS = (
+    Job("refresh_tokens", "refresh_tokens", ("expires_at",), "30 days", "0 * * * *"),
+    Job("email_verifications", "email_verifications", ("expires_at", "verified_at"), "24 hours", "5 * * * *"),
+    Job("password_resets", "password_resets", ("expires_at", "used_at"), "1 hour", "10 * * * *"),
+    Job("login_attempts", "login_attempts", ("created_at",), "7 days", "0 2 * * *"),
+)
+
+# The original backend's variables: JOB_<X>_CLEANUP holds a 6-field cron
+# expression for one default job.
+LEGACY_SCHEDULE_VARS = {
+    "JOB_REFRESH_TOKEN_CLEANUP": "refresh_tokens",
+    "JOB_EMAIL_CLEANUP": "email_verifications",
+    "JOB_PASSWORD_CLEANUP": "password_resets",
+    "JOB_LOGIN_CLEANUP": "login_attempts",
+}
+
+TOP_KEYS = {"schema", "enabled", "history_retention", "grace", "cron_dsn", "jobs"}
+JOB_KEYS = {"table", "expires", "retain", "schedule", "batch_size", "where", "max_age"}
+REQUIRED_JOB_KEYS = ("table", "expires", "retain", "schedule")
+# DBJOBS_<KEY> overrides a top-level key.
+ENV_KEYS = ("schema", "enabled", "history_retention", "grace", "cron_dsn")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Read and validate the configuration from the same sources as the CLI."""
+    env = os.environ if environ is None else environ
+    raw, source = _read_file(path, Path(cwd) if cwd else Path.cwd())
+    return parse_config(raw, source=source, environ=env)
+
+
+def _read_file(path: str | os.PathLike[str] | None, cwd: Path) -> tuple[dict[str, Any], str]:
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {str(file)!r} not found: fix --config")
+        return _parse_toml(file), str(file)
+    if (cwd / "dbjobs.toml").is_file():
+        return _parse_toml(cwd / "dbjobs.toml"), "dbjobs.toml"
+    if (cwd / "pyproject.toml").is_file():
+        tool = _parse_toml(cwd / "pyproject.toml").get("tool", {})
+        if isinstance(tool, dict) and "dbjobs" in tool:
+            if not isinstance(tool["dbjobs"], dict):
+                raise ConfigError("pyproject.toml: [tool.dbjobs] must be a table")
+            return tool["dbjobs"], "pyproject.toml [tool.dbjobs]"
+    return {}, "built-in defaults"
+
+
+def _parse_toml(file: Path) -> dict[str, Any]:
+    try:
+        with file.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+
+
+def parse_config(
+    raw: Mapping[str, Any], *, source: str = "config", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed TOML mapping (plus the environment) into a Config."""
+    env = {} if environ is None else environ
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
+
+    values: dict[str, Any] = {k: raw[k] for k in TOP_KEYS - {"jobs"} if k in raw}
+    legacy_enabled = env.get("JOB_ENABLE_CLEANUP")
+    if legacy_enabled is not None:
+        values["enabled"] = _parse_bool("JOB_ENABLE_CLEANUP", legacy_enabled)
+    for key in ENV_KEYS:
+        var = f"DBJOBS_{key.upper()}"
+        if var in env:
+            values[key] = _parse_bool(var, env[var]) if key == "enabled" else env[var]
+
+    for key in ("schema", "history_retention", "grace"):
+        if key in values:
+            _require_text(source, key, values[key])
+    if "cron_dsn" in values and values["cron_dsn"] is not None:
+        _require_text(source, "cron_dsn", values["cron_dsn"])
+    if "enabled" in values and not isinstance(values["enabled"], bool):
+        raise ConfigError(f"{source}: enabled must be true or false")
+
+    jobs_raw = raw.get("jobs", {})
+    if not isinstance(jobs_raw, dict):
+        raise ConfigError(f"{source}: jobs must be a table of [jobs.<name>] tables")
+    jobs = tuple(_parse_job(name, spec) for name, spec in jobs_raw.items()) or DEFAULT_JOBS
+    jobs = tuple(_apply_legacy_schedule(job, env) for job in jobs)
+    return Config(jobs=jobs, source=source, **values)
+
+
+def _parse_job(name: str, spec: Any) -> Job:
+    where = f"job {name!r}"
+    if not JOB_NAME.match(name):
+        raise ConfigError(
+            f"{where}: invalid job name: use letters, digits and _ (a letter first, at most 40)"
+        )
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: must be a table ([jobs.{name}])")
+    unknown = sorted(set(spec) - JOB_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(JOB_KEYS))})")
+    for key in REQUIRED_JOB_KEYS:
+        if key not in spec:
+            raise ConfigError(f"{where}: missing key {key!r}")
+
+    table = _require_text(where, "table", spec["table"])
+    expires = spec["expires"]
+    if isinstance(expires, str):
+        expires = [expires]
+    if not isinstance(expires, list) or not expires or not all(isinstance(c, str) and c for c in expires):
+        raise ConfigError(f"{where}: expires must be a column name or a non-empty list of column names")
+    if len(set(expires)) != len(expires):
+        raise ConfigError(f"{where}: expires names a column twice")
+
+    batch_size = spec.get("batch_size", DEFAULT_BATCH_SIZE)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(f"{where}: batch_size must be a positive integer, not {batch_size!r}")
+    if batch_size > 1_000_000:
+        raise ConfigError(f"{where}: batch_size {batch_size} is too large (at most 1000000)")
+
+    predicate = spec.get("where")
+    if predicate is not None:
+        _require_text(where, "where", predicate)
+    max_age = spec.get("max_age")
+    if max_age is not None:
+        _require_text(where, "max_age", max_age)
+
+    return Job(
+        name=name,
+        table=table,
+        expires=tuple(expires),
+        retain=_require_text(where, "retain", spec["retain"]),
+        schedule=_parse_schedule(where, "schedule", spec["schedule"]),
+        batch_size=batch_size,
+        where=predicate,
+        max_age=max_age,
+    )
+
+
+def _apply_legacy_schedule(job: Job, env: Mapping[str, str]) -> Job:
+    for var, job_name in LEGACY_SCHEDULE_VARS.items():
+        if job.name == job_name and env.get(var):
+            return replace(job, schedule=_parse_schedule(var, "schedule", env[var]))
+    return job
+
+
+def _parse_schedule(where: str, key: str, value: Any) -> str:
+    text = _require_text(where, key, value)
+    try:
+        return schedule.normalize(text)
+    except schedule.ScheduleError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+
+
+def _require_text(where: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: {key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _parse_bool(var: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{var}={value!r} is not a boolean: use true or false")
+
+
+__all__ = ["DEFAULT_JOBS", "Config", "Job", "load_config", "parse_config"]

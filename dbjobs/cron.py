@@ -1,0 +1,205 @@
+"""Everything about pg_cron: where it lives, which jobs are dbjobs', and changing them.
+
+pg_cron's scheduler runs in one database per server (``cron.database_name``).
+When that is the application's database, jobs are made with ``cron.schedule``;
+otherwise dbjobs connects to the pg_cron database and makes them with
+``cron.schedule_in_database`` for the application's database (SPEC section 6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .config import Config
+from .connection import connect, with_database
+from .errors import PrerequisiteError
+
+NAME_PREFIX = "dbjobs:"
+MAX_JOBNAME_BYTES = 63  # pg_cron before 1.5 cuts job names to NAMEDATALEN - 1
+
+
+@dataclass(frozen=True)
+class CronJob:
+    jobid: int
+    jobname: str
+    schedule: str
+    command: str
+    database: str
+    active: bool
+
+
+@dataclass
+class CronSite:
+    """A connection to the database where pg_cron lives, for jobs that run in ``database``."""
+
+    conn: psycopg.Connection[Any]
+    database: str
+    same_database: bool
+    version: tuple[int, ...]
+
+    def job_name(self, job: str) -> str:
+        return cron_job_name(self.database, job)
+
+    def jobs(self) -> dict[str, CronJob]:
+        """dbjobs' pg_cron jobs for this database, by dbjobs job name."""
+        rows = self.conn.execute(
+            """
+            SELECT jobid, jobname, schedule, command, database, active
+              FROM cron.job
+             WHERE database = %s AND left(jobname, length(%s)) = %s
+             ORDER BY jobid
+            """,
+            [self.database, NAME_PREFIX, NAME_PREFIX],
+        ).fetchall()
+        return {row[1].rpartition(":")[2]: CronJob(*row) for row in rows}
+
+    def schedule(self, job: str, schedule: str, command: str, active: bool) -> int:
+        if self.same_database:
+            row = self.conn.execute(
+                "SELECT cron.schedule(job_name => %s, schedule => %s, command => %s)",
+                [self.job_name(job), schedule, command],
+            ).fetchone()
+            assert row is not None
+            if not active:
+                self.alter(row[0], active=False)
+            return int(row[0])
+        row = self.conn.execute(
+            """
+            SELECT cron.schedule_in_database(job_name => %s, schedule => %s, command => %s,
+                                             database => %s, active => %s)
+            """,
+            [self.job_name(job), schedule, command, self.database, active],
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def update(self, existing: CronJob, schedule: str, command: str, active: bool) -> None:
+        """Change a job in place, keeping its jobid."""
+        if self.same_database and existing.active == active:
+            # cron.schedule upserts on (jobname, username) and needs no extra grant.
+            self.conn.execute(
+                "SELECT cron.schedule(job_name => %s, schedule => %s, command => %s)",
+                [existing.jobname, schedule, command],
+            )
+        else:
+            self.alter(existing.jobid, schedule=schedule, command=command, active=active)
+
+    def alter(
+        self, jobid: int, *, schedule: str | None = None, command: str | None = None,
+        active: bool | None = None,
+    ) -> None:
+        self.conn.execute(
+            "SELECT cron.alter_job(job_id => %s, schedule => %s, command => %s, active => %s)",
+            [jobid, schedule, command, active],
+        )
+
+    def unschedule(self, jobid: int) -> None:
+        self.conn.execute("SELECT cron.unschedule(job_id => %s)", [jobid])
+
+    def can_alter(self) -> bool:
+        row = self.conn.execute(
+            "SELECT has_function_privilege('cron.alter_job(bigint,text,text,text,text,boolean)', 'EXECUTE')"
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def cron_job_name(database: str, job: str) -> str:
+    """``dbjobs:<database>:<job>``: unique per target database, since pg_cron's
+    names are unique per role across all databases. A database name too long
+    for pg_cron 1.4's 63 bytes is replaced by a digest of it."""
+    name = f"{NAME_PREFIX}{database}:{job}"
+    if len(name.encode()) > MAX_JOBNAME_BYTES:
+        name = f"{NAME_PREFIX}~{hashlib.sha1(database.encode()).hexdigest()[:12]}:{job}"
+    return name
+
+
+def command(schema: str, job: str) -> str:
+    """The SQL that pg_cron runs for a job."""
+    return "CALL {}.run_job({})".format(
+        sql.Identifier(schema).as_string(None), sql.Literal(job).as_string(None)
+    )
+
+
+GRANT_HINT = (
+    "a superuser must run: GRANT EXECUTE ON FUNCTION "
+    "cron.schedule_in_database(text,text,text,text,text,boolean), "
+    "cron.alter_job(bigint,text,text,text,text,boolean) TO {role}"
+)
+
+
+@contextmanager
+def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool = True) -> Iterator[CronSite]:
+    """The pg_cron database for ``conn``'s database.
+
+    When that is another database, its connection is opened here and, with
+    ``for_changes``, checked for the grants that scheduling there needs and
+    held in a transaction of its own. Raises PrerequisiteError, naming pg_cron
+    and the fix, when pg_cron cannot be found.
+    """
+    database, role, has_ext, ext_version = _probe(conn)
+    if has_ext:
+        yield CronSite(conn, database, True, _version(ext_version))
+        return
+
+    cron_dsn = config.cron_dsn or with_database(conn, _cron_database_name(conn) or "postgres")
+    with connect(cron_dsn, autocommit=not for_changes) as cron_conn:
+        cron_db, _, has_ext, ext_version = _probe(cron_conn)
+        if not has_ext:
+            raise PrerequisiteError(
+                f"pg_cron is not installed in database {database!r} nor in {cron_db!r}: "
+                "add shared_preload_libraries = 'pg_cron' and cron.database_name to postgresql.conf, "
+                "restart, then run CREATE EXTENSION pg_cron in that database "
+                "(or set cron_dsn to where pg_cron lives)"
+            )
+        site = CronSite(cron_conn, database, False, _version(ext_version))
+        if not for_changes:
+            yield site
+            return
+        privilege = cron_conn.execute(
+            "SELECT has_function_privilege('cron.schedule_in_database(text,text,text,text,text,boolean)', "
+            "'EXECUTE')"
+        ).fetchone()
+        if not (privilege and privilege[0] and site.can_alter()):
+            raise PrerequisiteError(
+                f"pg_cron runs in database {cron_db!r}, so role {role!r} needs to schedule jobs in "
+                f"database {database!r}: " + GRANT_HINT.format(role=role)
+            )
+        with cron_conn.transaction():
+            yield site
+
+
+def _probe(conn: psycopg.Connection[Any]) -> tuple[str, str, bool, str | None]:
+    row = conn.execute(
+        """
+        SELECT current_database(), current_user,
+               (SELECT extversion FROM pg_extension WHERE extname = 'pg_cron')
+        """
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2] is not None, row[2]
+
+
+def _cron_database_name(conn: psycopg.Connection[Any]) -> str | None:
+    """cron.database_name, when this role may read it (superusers only, on most servers)."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return row[0] if row and row[0] else None
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for piece in (text or "0").replace("-", ".").split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)

@@ -1,0 +1,174 @@
+"""A throwaway PostgreSQL server with pg_cron, for the demo and the tests.
+
+It runs the installed server binaries (``/usr/lib/postgresql/<major>/bin``) in a
+temporary directory, listening on 127.0.0.1 on a free port, with pg_cron
+preloaded. ``initdb`` and ``postgres`` refuse to run as root, so when started by
+root the server runs as the unprivileged ``postgres`` user through ``runuser``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+PG_ROOT = Path("/usr/lib/postgresql")
+
+
+class ServerUnavailable(RuntimeError):
+    """No PostgreSQL server binaries with pg_cron are installed here."""
+
+
+def find_bindir() -> Path:
+    """The newest installed PostgreSQL major whose pg_cron extension is installed too."""
+    majors = sorted(
+        (int(p.name) for p in PG_ROOT.glob("*") if p.name.isdigit() and (p / "bin/postgres").exists()),
+        reverse=True,
+    )
+    for major in majors:
+        if Path(f"/usr/share/postgresql/{major}/extension/pg_cron.control").exists():
+            return PG_ROOT / str(major) / "bin"
+    raise ServerUnavailable(
+        "no PostgreSQL server with pg_cron is installed: install postgresql-<major> and "
+        "postgresql-<major>-cron (see .ci/run)"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_server_user(argv: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *argv]
+    return argv
+
+
+@dataclass
+class ThrowawayServer:
+    """One PostgreSQL cluster in a temporary directory; ``stop()`` removes it."""
+
+    cron_database: str = "postgres"
+    preload_pg_cron: bool = True
+    bindir: Path = field(default_factory=find_bindir)
+    port: int = field(default_factory=_free_port)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dbjobs-pg-")))
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def datadir(self) -> Path:
+        return self.workdir / "data"
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
+
+    def start(self) -> ThrowawayServer:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
+        subprocess.run(
+            _as_server_user(
+                [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
+                 "--auth=trust", "-N", "-E", "UTF8", "--locale=C.UTF-8"]
+            ),
+            check=True, capture_output=True,
+        )
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.workdir}'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "100",
+            "timezone": "'UTC'",
+            "log_min_messages": "warning",
+        }
+        if self.preload_pg_cron:
+            settings |= {
+                "shared_preload_libraries": "'pg_cron'",
+                "cron.database_name": f"'{self.cron_database}'",
+                # pg_cron connects over TCP to run a job; 'localhost' could resolve to ::1.
+                "cron.host": "'127.0.0.1'",
+            }
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - owned by the process
+        self._proc = subprocess.Popen(
+            _as_server_user([str(self.bindir / "postgres"), "-D", str(self.datadir)]),
+            stdout=log, stderr=log, start_new_session=True,
+        )
+        self._wait_ready()
+        if self.preload_pg_cron and self.cron_database != "postgres":
+            self.create_database(self.cron_database)
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.dsn(), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise RuntimeError(f"postgres exited: {self.log_tail()}") from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.workdir / "server.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def execute(self, query: str | sql.Composable, dbname: str = "postgres") -> None:
+        with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
+            conn.execute(query)
+
+    def create_database(self, name: str, template: str | None = None) -> None:
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        self.execute(query)
+
+    def create_pg_cron(self) -> None:
+        self.execute("CREATE EXTENSION IF NOT EXISTS pg_cron", dbname=self.cron_database)
+
+    def version(self) -> str:
+        with psycopg.connect(self.dsn(self.cron_database)) as conn:
+            server = conn.execute("SHOW server_version").fetchone()
+            ext = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'"
+            ).fetchone()
+        return f"PostgreSQL {server[0] if server else '?'}, pg_cron {ext[0] if ext else 'not created'}"
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            subprocess.run(
+                _as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"]),
+                capture_output=True,
+            )
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ThrowawayServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+

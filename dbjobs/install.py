@@ -1,0 +1,288 @@
+"""install and uninstall: desired state vs installed state -> a plan -> applied in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from . import catalog, cron, schedule, sqlfiles
+from .catalog import ResolvedJob
+from .config import Config
+from .errors import ConfigError, PrerequisiteError
+
+SCHEMA_FILE = "schema.sql"
+MIN_SERVER_VERSION = 130000
+INSTALL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('dbjobs.install'), hashtext(%s))"
+
+Action = Literal["create", "update", "remove"]
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Action
+    kind: Literal["schema", "job"]
+    name: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.kind} {self.name}" + (f": {self.detail}" if self.detail else "")
+
+
+@dataclass
+class Plan:
+    """What install did (or, with dry_run, would do)."""
+
+    changes: list[Change] = field(default_factory=list)
+    dry_run: bool = False
+    database: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def lines(self) -> list[str]:
+        lines = [str(c) for c in self.changes] or [f"nothing to change: dbjobs is up to date in {self.database}"]
+        if self.dry_run and self.changes:
+            lines.append("dry run: nothing was changed")
+        return lines
+
+
+@dataclass(frozen=True)
+class _JobRow:
+    """A row of dbjobs' job table, comparable between the config and the database."""
+
+    table_schema: str
+    table_name: str
+    expires: tuple[str, ...]
+    retain: str
+    predicate: str | None
+    batch_size: int
+    schedule: str
+    max_age: str | None
+
+    @classmethod
+    def of(cls, job: ResolvedJob) -> _JobRow:
+        return cls(
+            job.table_schema, job.table_name, job.job.expires, job.retain, job.job.where,
+            job.job.batch_size, job.job.schedule, job.max_age,
+        )
+
+
+def install(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = False) -> Plan:
+    """Validate ``config``, then make dbjobs' SQL objects and pg_cron jobs match it.
+
+    Runs in one transaction (a savepoint when ``conn`` is already in one, as in
+    an Alembic migration), serialized with other installs by an advisory lock.
+    """
+    with conn.transaction(force_rollback=dry_run):
+        conn.execute(INSTALL_LOCK, [config.schema])
+        _check_server(conn)
+        jobs = catalog.validate(conn, config)
+        with cron.locate(conn, config) as site:
+            if not site.same_database:
+                site.conn.execute(INSTALL_LOCK, [site.database])
+            for job in jobs:
+                if schedule.needs_pg_cron_1_5(job.job.schedule) and site.version < (1, 5):
+                    raise ConfigError(
+                        f"job {job.name!r}: schedule: {job.job.schedule!r} needs pg_cron 1.5 or later "
+                        f"(this server has {'.'.join(map(str, site.version))})"
+                    )
+            plan = Plan(dry_run=dry_run, database=site.database)
+            schema_change = _schema_change(conn, config.schema)
+            if schema_change:
+                plan.changes.append(schema_change)
+            installed = _installed_jobs(conn, config.schema) if schema_change is None or schema_change.action == "update" else {}
+            cron_jobs = site.jobs()
+            _plan_jobs(plan, config, jobs, installed, cron_jobs, site)
+            if plan.changed and not dry_run:
+                _require_alter(site, config, jobs, cron_jobs)
+                _apply(conn, site, config, plan, jobs, cron_jobs, apply_schema=schema_change is not None)
+    return plan
+
+
+def _check_server(conn: psycopg.Connection[Any]) -> None:
+    if conn.info.server_version < MIN_SERVER_VERSION:
+        raise PrerequisiteError(
+            f"PostgreSQL {conn.info.server_version // 10000} is too old: dbjobs needs 13 or later"
+        )
+
+
+def _schema_change(conn: psycopg.Connection[Any], schema: str) -> Change | None:
+    row = conn.execute(
+        """
+        SELECT to_regclass(format('%%I.meta', n.nspname)) IS NOT NULL,
+               EXISTS (SELECT FROM pg_class WHERE relnamespace = n.oid)
+            OR EXISTS (SELECT FROM pg_proc WHERE pronamespace = n.oid)
+          FROM pg_namespace n WHERE n.nspname = %s
+        """,
+        [schema],
+    ).fetchone()
+    quoted = sql.Identifier(schema).as_string(None)
+    if row is None:
+        return Change("create", "schema", quoted, "tables, functions and the cleanup procedure")
+    has_meta, has_objects = row
+    if not has_meta:
+        if has_objects:
+            raise ConfigError(
+                f"schema: {schema!r} already exists and holds objects that are not dbjobs': "
+                "set schema to a name of dbjobs' own"
+            )
+        return Change("create", "schema", quoted, "tables, functions and the cleanup procedure")
+    current = conn.execute(
+        sql.SQL("SELECT value FROM {} WHERE key = 'sql_digest'").format(sql.Identifier(schema, "meta"))
+    ).fetchone()
+    if current and current[0] == sqlfiles.digest(SCHEMA_FILE):
+        return None
+    return Change("update", "schema", quoted, "SQL objects upgraded to this version of dbjobs")
+
+
+def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, _JobRow]:
+    rows = conn.execute(
+        sql.SQL(
+            """
+            SELECT name, table_schema, table_name, expires, retain::text, predicate, batch_size,
+                   schedule, max_age::text
+              FROM {} ORDER BY name
+            """
+        ).format(sql.Identifier(schema, "job"))
+    ).fetchall()
+    return {r[0]: _JobRow(r[1], r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows}
+
+
+def _plan_jobs(
+    plan: Plan, config: Config, jobs: list[ResolvedJob], installed: dict[str, _JobRow],
+    cron_jobs: dict[str, cron.CronJob], site: cron.CronSite,
+) -> None:
+    for job in jobs:
+        want = _JobRow.of(job)
+        have = installed.get(job.name)
+        registered = cron_jobs.get(job.name)
+        if have is None:
+            state = "" if config.enabled else " (inactive: enabled = false)"
+            plan.changes.append(Change(
+                "create", "job", job.name,
+                f"delete from {job.qualified_table} where {' or '.join(job.job.expires)} is older than "
+                f"{job.job.retain}, schedule '{job.job.schedule}'{state}",
+            ))
+            continue
+        diffs = [
+            f"{name} {old!r} -> {new!r}"
+            for name, old, new in zip(_JobRow.__dataclass_fields__, vars(have).values(), vars(want).values(), strict=True)
+            if old != new and name != "schedule"
+        ]
+        diffs += _cron_diffs(registered, job.job.schedule, cron.command(config.schema, job.name), config.enabled)
+        if diffs:
+            plan.changes.append(Change("update", "job", job.name, ", ".join(diffs)))
+    configured = {job.name for job in jobs}
+    for name in sorted((set(installed) | set(cron_jobs)) - configured):
+        registered = cron_jobs.get(name)
+        detail = f"pg_cron job {registered.jobid} ({registered.jobname})" if registered else "not in pg_cron"
+        plan.changes.append(Change("remove", "job", name, detail))
+
+
+def _cron_diffs(registered: cron.CronJob | None, schedule: str, command: str, active: bool) -> list[str]:
+    if registered is None:
+        return ["missing from pg_cron: schedule it again"]
+    diffs = []
+    if registered.schedule != schedule:
+        diffs.append(f"schedule {registered.schedule!r} -> {schedule!r}")
+    if registered.command != command:
+        diffs.append(f"command {registered.command!r} -> {command!r}")
+    if registered.active != active:
+        diffs.append("activate" if active else "deactivate (enabled = false)")
+    return diffs
+
+
+def _require_alter(
+    site: cron.CronSite, config: Config, jobs: list[ResolvedJob], cron_jobs: dict[str, cron.CronJob]
+) -> None:
+    """(De)activating a job needs cron.alter_job, which pg_cron revokes from PUBLIC:
+    fail before changing anything rather than half-way."""
+    flips = [
+        job.name for job in jobs
+        if (cron_jobs[job.name].active if job.name in cron_jobs else True) != config.enabled
+    ]
+    if flips and not site.can_alter():
+        role = site.conn.execute("SELECT current_user").fetchone()
+        raise PrerequisiteError(
+            f"enabled = {str(config.enabled).lower()} needs pg_cron's alter_job for job {flips[0]!r}, "
+            "which this role may not execute: " + cron.GRANT_HINT.format(role=role[0] if role else "<role>")
+        )
+
+
+def _apply(
+    conn: psycopg.Connection[Any], site: cron.CronSite, config: Config, plan: Plan,
+    jobs: list[ResolvedJob], cron_jobs: dict[str, cron.CronJob], *, apply_schema: bool,
+) -> None:
+    schema = config.schema
+    if apply_schema:
+        conn.execute(sqlfiles.with_schema(SCHEMA_FILE, schema))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (key, value) VALUES ('sql_digest', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ).format(sql.Identifier(schema, "meta")),
+            [sqlfiles.digest(SCHEMA_FILE)],
+        )
+    changed = {c.name for c in plan.changes if c.kind == "job"}
+    for job in jobs:
+        if job.name not in changed:
+            continue
+        row = _JobRow.of(job)
+        conn.execute(
+            sql.SQL(
+                """
+                INSERT INTO {} AS j (name, table_schema, table_name, expires, retain, predicate,
+                                     batch_size, schedule, max_age)
+                VALUES (%s, %s, %s, %s, %s::interval, %s, %s, %s, %s::interval)
+                ON CONFLICT (name) DO UPDATE SET
+                    table_schema = excluded.table_schema, table_name = excluded.table_name,
+                    expires = excluded.expires, retain = excluded.retain,
+                    predicate = excluded.predicate, batch_size = excluded.batch_size,
+                    schedule = excluded.schedule, max_age = excluded.max_age
+                """
+            ).format(sql.Identifier(schema, "job")),
+            [job.name, row.table_schema, row.table_name, list(row.expires), row.retain, row.predicate,
+             row.batch_size, row.schedule, row.max_age],
+        )
+        command = cron.command(schema, job.name)
+        registered = cron_jobs.get(job.name)
+        if registered is None:
+            site.schedule(job.name, job.job.schedule, command, config.enabled)
+        elif _cron_diffs(registered, job.job.schedule, command, config.enabled):
+            site.update(registered, job.job.schedule, command, config.enabled)
+    for change in plan.changes:
+        if change.kind == "job" and change.action == "remove":
+            if change.name in cron_jobs:
+                site.unschedule(cron_jobs[change.name].jobid)
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE name = %s").format(sql.Identifier(schema, "job")),
+                [change.name],
+            )
+
+
+def uninstall(conn: psycopg.Connection[Any], config: Config) -> Plan:
+    """Remove dbjobs' pg_cron jobs for this database and dbjobs' schema. Idempotent.
+
+    Application tables and pg_cron jobs that are not dbjobs' are never touched,
+    and a schema is dropped only when dbjobs made it (it holds dbjobs' meta table).
+    """
+    with conn.transaction():
+        conn.execute(INSTALL_LOCK, [config.schema])
+        with cron.locate(conn, config) as site:
+            plan = Plan(database=site.database)
+            for name, registered in site.jobs().items():
+                site.unschedule(registered.jobid)
+                plan.changes.append(Change("remove", "job", name, f"pg_cron job {registered.jobid}"))
+            if _owns_schema(conn, config.schema):
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(config.schema)))
+                plan.changes.append(Change("remove", "schema", sql.Identifier(config.schema).as_string(None)))
+    return plan
+
+
+def _owns_schema(conn: psycopg.Connection[Any], schema: str) -> bool:
+    row = conn.execute("SELECT to_regclass(format('%%I.meta', %s::text)) IS NOT NULL", [schema]).fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,93 @@
+"""Run cleanups now, through the same procedure that pg_cron calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .config import Config
+from .errors import DbjobsError, NotInstalledError, UnknownJobError
+
+
+@dataclass(frozen=True)
+class RunResult:
+    job: str
+    status: str  # succeeded | failed | skipped
+    rows_deleted: int
+    started_at: datetime | None
+    duration_ms: float | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    def line(self) -> str:
+        if self.status == "succeeded":
+            return f"{self.job}: deleted {self.rows_deleted} rows in {self.duration_ms or 0:.1f} ms"
+        if self.status == "skipped":
+            return f"{self.job}: skipped: {self.error}"
+        return f"{self.job}: failed after deleting {self.rows_deleted} rows: {self.error}"
+
+
+def installed_jobs(conn: psycopg.Connection[Any], config: Config) -> list[str]:
+    """Names of the jobs registered in dbjobs' schema; NotInstalledError when there is none."""
+    row = conn.execute("SELECT to_regclass(format('%%I.job', %s::text))", [config.schema]).fetchone()
+    if not row or row[0] is None:
+        raise NotInstalledError(
+            f"dbjobs is not installed in this database (no schema {config.schema!r}): run `dbjobs install`"
+        )
+    query = sql.SQL("SELECT name FROM {} ORDER BY name").format(sql.Identifier(config.schema, "job"))
+    return [r[0] for r in conn.execute(query).fetchall()]
+
+
+def run(conn: psycopg.Connection[Any], config: Config, job: str) -> RunResult:
+    """Run one job's cleanup now and return how it went; the run is recorded in the history.
+
+    The procedure commits between batches, so ``conn`` must not be inside a
+    transaction; it is switched to autocommit for the call.
+    """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise DbjobsError("run needs a connection that is not inside a transaction (it commits per batch)")
+    saved = conn.autocommit
+    conn.autocommit = True
+    try:
+        names = installed_jobs(conn, config)
+        if job not in names:
+            hint = "run `dbjobs install` first" if config.job(job) else f"installed jobs: {', '.join(names) or 'none'}"
+            raise UnknownJobError(f"unknown job {job!r}: {hint}")
+        history = sql.Identifier(config.schema, "run")
+        before = conn.execute(
+            sql.SQL("SELECT coalesce(max(id), 0) FROM {} WHERE job = %s").format(history), [job]
+        ).fetchone()
+        # The job name is sent as a literal, not a parameter: a CALL that
+        # COMMITs is safest through the simple query protocol.
+        call = sql.SQL("CALL {}.run_job(job_name => {}, run_trigger => 'manual')").format(
+            sql.Identifier(config.schema), sql.Literal(job)
+        )
+        failure: psycopg.Error | None = None
+        try:
+            conn.execute(call)
+        except psycopg.Error as exc:
+            failure = exc  # the procedure records its failure before raising; read it below
+        row = conn.execute(
+            sql.SQL(
+                """
+                SELECT status, rows_deleted, started_at,
+                       extract(epoch FROM finished_at - started_at) * 1000, error
+                  FROM {} WHERE job = %s AND id > %s
+                 ORDER BY id DESC LIMIT 1
+                """
+            ).format(history),
+            [job, before[0] if before else 0],
+        ).fetchone()
+    finally:
+        conn.autocommit = saved
+    if row is None:
+        raise DbjobsError(f"job {job!r}: the run did not start: {failure}") from failure
+    status, rows, started, duration, error = row
+    return RunResult(job, status, int(rows), started, float(duration) if duration is not None else None, error)

@@ -1,0 +1,217 @@
+-- dbjobs' own objects: the jobs it manages, their run history, and the cleanup
+-- procedure that pg_cron calls.
+--
+-- `dbjobs install` runs this file in one transaction, with @schema@ replaced by
+-- the quoted name of the configured schema. Every statement is idempotent, so a
+-- re-install upgrades in place and keeps the history.
+--
+-- Why one generic procedure reading its rule from a table, instead of one
+-- generated procedure per job: the job's rule (table, columns, retention,
+-- predicate) stays data that install can diff and status can read, and the
+-- pg_cron command stays a constant `CALL @schema@.run_job('name')`.
+
+CREATE SCHEMA IF NOT EXISTS @schema@;
+COMMENT ON SCHEMA @schema@ IS 'dbjobs: cleanup jobs run by pg_cron (managed by `dbjobs install`)';
+-- Nobody but the owner needs to see inside; a monitoring role gets an explicit GRANT.
+REVOKE ALL ON SCHEMA @schema@ FROM PUBLIC;
+
+CREATE TABLE IF NOT EXISTS @schema@.meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- One row per configured job, written by install. Table and column names are
+-- stored as the catalog spells them and quoted with format('%I') at run time.
+CREATE TABLE IF NOT EXISTS @schema@.job (
+    name         text PRIMARY KEY,
+    table_schema name NOT NULL,
+    table_name   name NOT NULL,
+    expires      name[] NOT NULL CHECK (cardinality(expires) > 0),
+    retain       interval NOT NULL CHECK (retain >= interval '0'),
+    predicate    text,
+    batch_size   integer NOT NULL CHECK (batch_size > 0),
+    schedule     text NOT NULL,
+    max_age      interval,
+    installed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Every run, scheduled or manual, including skipped and failed ones.
+-- No foreign key to job: history outlives a job removed from the config.
+CREATE TABLE IF NOT EXISTS @schema@.run (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job          text NOT NULL,
+    trigger      text NOT NULL CHECK (trigger IN ('scheduled', 'manual')),
+    status       text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'skipped')),
+    started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at  timestamptz,
+    cutoff       timestamptz,
+    rows_deleted bigint NOT NULL DEFAULT 0,
+    error        text
+);
+-- Status reads "the latest run of each job" and "the latest success of each
+-- job": each is one index probe (ORDER BY id DESC LIMIT 1) at any history size.
+CREATE INDEX IF NOT EXISTS run_job_latest ON @schema@.run (job, id DESC);
+CREATE INDEX IF NOT EXISTS run_job_latest_success ON @schema@.run (job, id DESC)
+    WHERE status = 'succeeded';
+-- Pruning old history deletes by age.
+CREATE INDEX IF NOT EXISTS run_started_at ON @schema@.run (started_at);
+
+
+-- The rows a job deletes: (c1 < $1 OR c2 < $1 ...) AND (predicate), where $1 is
+-- the run's cutoff, now() - retain. One comparison per column, OR-ed, so that an
+-- index on each column can serve it (a BitmapOr); NULL columns never match.
+CREATE OR REPLACE FUNCTION @schema@.expired_rule(j @schema@.job)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT '(' || string_agg(format('%I < $1', c), ' OR ') || ')'
+           -- The newline keeps a trailing "-- comment" in the predicate from
+           -- swallowing the closing parenthesis. Install has checked that the
+           -- predicate is one boolean expression.
+           || coalesce(E' AND (' || j.predicate || E'\n)', '')
+    FROM unnest(j.expires) AS c
+$$;
+
+
+-- Opens a run: records it as running and returns its id, or records it as
+-- skipped and returns NULL when another session is running the same job.
+CREATE OR REPLACE FUNCTION @schema@.start_run(job_name text, run_trigger text)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j      @schema@.job;
+    run_id bigint;
+BEGIN
+    SELECT * INTO j FROM @schema@.job WHERE name = job_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'dbjobs: unknown job "%"', job_name
+            USING ERRCODE = 'undefined_object', HINT = 'Run `dbjobs install` to register it.';
+    END IF;
+
+    -- A session-level lock, held across the procedure's COMMITs and released
+    -- by finish_run or when the session ends (a killed run frees it too).
+    IF NOT pg_try_advisory_lock(hashtext('dbjobs.run'), hashtext(job_name)) THEN
+        INSERT INTO @schema@.run (job, trigger, status, finished_at, error)
+        VALUES (job_name, run_trigger, 'skipped', clock_timestamp(), 'another run of this job was in progress');
+        RETURN NULL;
+    END IF;
+
+    -- Holding the lock means no other run of this job is alive: a row still
+    -- marked running belongs to a session that died (terminated, crashed).
+    UPDATE @schema@.run
+       SET status = 'failed', finished_at = coalesce(finished_at, clock_timestamp()),
+           error = 'interrupted: the session running it ended before it finished'
+     WHERE job = job_name AND status = 'running';
+
+    INSERT INTO @schema@.run (job, trigger, status, cutoff)
+    VALUES (job_name, run_trigger, 'running', now() - j.retain)
+    RETURNING id INTO run_id;
+    RETURN run_id;
+END
+$$;
+
+
+-- Deletes one batch of the run's expired rows and returns how many it deleted.
+-- TimeZone is pinned so that timestamp and date columns are read as UTC by
+-- scheduled and manual runs alike.
+CREATE OR REPLACE FUNCTION @schema@.delete_batch(run_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    r       @schema@.run;
+    j       @schema@.job;
+    rule    text;
+    deleted bigint;
+BEGIN
+    SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
+    SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
+    rule := @schema@.expired_rule(j);
+    -- Pick a batch by ctid (no second lookup through the primary key), skip
+    -- rows the application holds locked (a later run takes them), and re-check
+    -- the rule on the rows actually deleted.
+    EXECUTE format(
+        'DELETE FROM %1$I.%2$I WHERE ctid = ANY(ARRAY('
+        '    SELECT ctid FROM %1$I.%2$I WHERE %3$s LIMIT %4$s FOR UPDATE SKIP LOCKED'
+        ')) AND %3$s',
+        j.table_schema, j.table_name, rule, j.batch_size)
+    USING r.cutoff;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    UPDATE @schema@.run SET rows_deleted = rows_deleted + deleted WHERE id = run_id;
+    RETURN deleted;
+END
+$$;
+
+
+-- Closes a run as succeeded (error IS NULL) or failed, and releases its lock.
+CREATE OR REPLACE FUNCTION @schema@.finish_run(run_id bigint, failure text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    job_name text;
+BEGIN
+    UPDATE @schema@.run
+       SET status = CASE WHEN failure IS NULL THEN 'succeeded' ELSE 'failed' END,
+           finished_at = clock_timestamp(),
+           error = failure
+     WHERE id = run_id
+    RETURNING job INTO job_name;
+    PERFORM pg_advisory_unlock(hashtext('dbjobs.run'), hashtext(job_name));
+END
+$$;
+
+
+-- What pg_cron runs: `CALL @schema@.run_job('name')`. It commits after every
+-- batch, so a large backlog never becomes one long transaction and a run
+-- stopped half-way keeps what it deleted.
+--
+-- No SET search_path here: a procedure with a SET clause may not COMMIT. It
+-- calls only the schema-qualified functions above, which pin their own.
+CREATE OR REPLACE PROCEDURE @schema@.run_job(
+    job_name text,
+    run_trigger text DEFAULT 'scheduled',
+    INOUT run_id bigint DEFAULT NULL
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    deleted bigint;
+    failure text;
+    failure_state text;
+BEGIN
+    run_id := @schema@.start_run(job_name, run_trigger);
+    IF run_id IS NULL THEN
+        RAISE NOTICE 'dbjobs: job "%" is already running; this run was skipped', job_name;
+        RETURN;
+    END IF;
+    COMMIT;
+
+    LOOP
+        BEGIN
+            deleted := @schema@.delete_batch(run_id);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT, failure_state = RETURNED_SQLSTATE;
+        END;
+        EXIT WHEN failure IS NOT NULL OR deleted = 0;
+        COMMIT;
+    END LOOP;
+
+    PERFORM @schema@.finish_run(run_id, failure);
+    COMMIT;
+    -- Fail the CALL too, so that pg_cron's own history says failed.
+    IF failure IS NOT NULL THEN
+        RAISE EXCEPTION USING MESSAGE = failure, ERRCODE = failure_state;
+    END IF;
+END
+$$;
+
+-- Jobs run as the role that installed them; nobody else may call these.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @schema@ FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA @schema@ FROM PUBLIC;
