@@ -133,7 +133,9 @@ def _check_predicate(conn: psycopg.Connection[Any], job: ResolvedJob) -> None:
     probes = [
         sql.SQL("SELECT {} \nFROM {} WHERE false").format(sql.SQL(predicate), table),  # type: ignore[arg-type]
         sql.SQL("EXPLAIN DELETE FROM {} WHERE {} < now() AND ({}\n)").format(
-            table, sql.Identifier(job.job.expires[0]), sql.SQL(predicate)  # type: ignore[arg-type]
+            table,
+            sql.Identifier(job.job.expires[0]),
+            sql.SQL(predicate),  # type: ignore[arg-type]
         ),
     ]
     try:
@@ -150,7 +152,9 @@ def _check_predicate(conn: psycopg.Connection[Any], job: ResolvedJob) -> None:
     except _Rollback:
         pass
     except psycopg.Error as exc:
-        raise ConfigError(f"{where}: where: {predicate!r} is not a valid predicate: {_first_line(exc)}") from None
+        raise ConfigError(
+            f"{where}: where: {predicate!r} is not a valid predicate: {_first_line(exc)}"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -23,8 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbjobs", description="Expired-data cleanup run by PostgreSQL itself, through pg_cron."
     )
-    parser.add_argument("--dsn", help="connection string or URL (default: DBJOBS_DSN, DATABASE_URL, PG* variables)")
-    parser.add_argument("--config", metavar="PATH", help="config file (default: ./dbjobs.toml, ./pyproject.toml)")
+    parser.add_argument(
+        "--dsn", help="connection string or URL (default: DBJOBS_DSN, DATABASE_URL, PG* variables)"
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", help="config file (default: ./dbjobs.toml, ./pyproject.toml)"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"dbjobs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

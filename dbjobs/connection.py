@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -66,10 +67,8 @@ def describe(dsn: str) -> str:
 def redact(text: str, dsn: str) -> str:
     """Remove any password the DSN or the environment holds from a message."""
     secrets = set()
-    try:
+    with contextlib.suppress(psycopg.ProgrammingError):
         secrets.add(conninfo_to_dict(dsn).get("password"))
-    except psycopg.ProgrammingError:
-        pass
     secrets.add(os.environ.get("PGPASSWORD"))
     for secret in filter(None, secrets):
         text = text.replace(str(secret), "********")

@@ -58,7 +58,14 @@ class CronSite:
             """,
             [self.database, NAME_PREFIX, NAME_PREFIX],
         ).fetchall()
-        return {row[1].rpartition(":")[2]: CronJob(*row) for row in rows}
+        jobs = {}
+        for row in rows:
+            job = row[1].rpartition(":")[2]
+            # Only the exact name this database's job would have: a job named
+            # for another database is not this database's to manage.
+            if row[1] == self.job_name(job):
+                jobs[job] = CronJob(*row)
+        return jobs
 
     def schedule(self, job: str, schedule: str, command: str, active: bool) -> int:
         if self.same_database:
@@ -92,7 +99,11 @@ class CronSite:
             self.alter(existing.jobid, schedule=schedule, command=command, active=active)
 
     def alter(
-        self, jobid: int, *, schedule: str | None = None, command: str | None = None,
+        self,
+        jobid: int,
+        *,
+        schedule: str | None = None,
+        command: str | None = None,
         active: bool | None = None,
     ) -> None:
         self.conn.execute(
@@ -122,9 +133,7 @@ def cron_job_name(database: str, job: str) -> str:
 
 def command(schema: str, job: str) -> str:
     """The SQL that pg_cron runs for a job."""
-    return "CALL {}.run_job({})".format(
-        sql.Identifier(schema).as_string(None), sql.Literal(job).as_string(None)
-    )
+    return f"CALL {sql.Identifier(schema).as_string(None)}.run_job({sql.Literal(job).as_string(None)})"
 
 
 GRANT_HINT = (

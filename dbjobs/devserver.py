@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pwd
-
 import shutil
 import socket
 import subprocess
@@ -80,10 +79,21 @@ class ThrowawayServer:
             os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
         subprocess.run(
             _as_server_user(
-                [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-                 "--auth=trust", "-N", "-E", "UTF8", "--locale=C.UTF-8"]
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-N",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
             ),
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         settings = {
             "listen_addresses": "'127.0.0.1'",
@@ -105,11 +115,13 @@ class ThrowawayServer:
             }
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
-        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - owned by the process
-        self._proc = subprocess.Popen(
-            _as_server_user([str(self.bindir / "postgres"), "-D", str(self.datadir)]),
-            stdout=log, stderr=log, start_new_session=True,
-        )
+        with open(self.workdir / "server.log", "ab") as log:  # the child keeps its own descriptor
+            self._proc = subprocess.Popen(
+                _as_server_user([str(self.bindir / "postgres"), "-D", str(self.datadir)]),
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         self._wait_ready()
         if self.preload_pg_cron and self.cron_database != "postgres":
             self.create_database(self.cron_database)
@@ -148,15 +160,15 @@ class ThrowawayServer:
     def version(self) -> str:
         with psycopg.connect(self.dsn(self.cron_database)) as conn:
             server = conn.execute("SHOW server_version").fetchone()
-            ext = conn.execute(
-                "SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'"
-            ).fetchone()
+            ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
         return f"PostgreSQL {server[0] if server else '?'}, pg_cron {ext[0] if ext else 'not created'}"
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             subprocess.run(
-                _as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"]),
+                _as_server_user(
+                    [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"]
+                ),
                 capture_output=True,
             )
             try:
@@ -170,5 +182,3 @@ class ThrowawayServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-

@@ -14,14 +14,23 @@ def as_json(report: Report) -> str:
 def as_text(report: Report) -> str:
     data = report.to_dict()
     scheduler = data["scheduler"]
-    lines = [f"dbjobs {data['status'].upper()} in {data['database']} at {data['checked_at']}",
-             f"scheduler: {scheduler['detail']}"]
+    lines = [
+        f"dbjobs {data['status'].upper()} in {data['database']} at {data['checked_at']}",
+        f"scheduler: {scheduler['detail']}",
+    ]
     if not report.installed:
         lines.append("dbjobs is not installed in this database: run `dbjobs install`")
     header = ("job", "state", "schedule", "last run", "last success", "rows", "next run")
     rows = [header] + [
-        (j["name"], j["state"], j["schedule"], _short(j["last_run_at"]), _short(j["last_success_at"]),
-         "-" if j["last_rows_deleted"] is None else str(j["last_rows_deleted"]), _short(j["next_run_at"]))
+        (
+            j["name"],
+            j["state"],
+            j["schedule"],
+            _short(j["last_run_at"]),
+            _short(j["last_success_at"]),
+            "-" if j["last_rows_deleted"] is None else str(j["last_rows_deleted"]),
+            _short(j["next_run_at"]),
+        )
         for j in data["jobs"]
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -44,7 +44,9 @@ class Plan:
         return bool(self.changes)
 
     def lines(self) -> list[str]:
-        lines = [str(c) for c in self.changes] or [f"nothing to change: dbjobs is up to date in {self.database}"]
+        lines = [str(c) for c in self.changes] or [
+            f"nothing to change: dbjobs is up to date in {self.database}"
+        ]
         if self.dry_run and self.changes:
             lines.append("dry run: nothing was changed")
         return lines
@@ -66,8 +68,14 @@ class _JobRow:
     @classmethod
     def of(cls, job: ResolvedJob) -> _JobRow:
         return cls(
-            job.table_schema, job.table_name, job.job.expires, job.retain, job.job.where,
-            job.job.batch_size, job.job.schedule, job.max_age,
+            job.table_schema,
+            job.table_name,
+            job.job.expires,
+            job.retain,
+            job.job.where,
+            job.job.batch_size,
+            job.job.schedule,
+            job.max_age,
         )
 
 
@@ -94,7 +102,11 @@ def install(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fa
             schema_change = _schema_change(conn, config.schema)
             if schema_change:
                 plan.changes.append(schema_change)
-            installed = _installed_jobs(conn, config.schema) if schema_change is None or schema_change.action == "update" else {}
+            installed = (
+                _installed_jobs(conn, config.schema)
+                if schema_change is None or schema_change.action == "update"
+                else {}
+            )
             cron_jobs = site.jobs()
             _plan_jobs(plan, config, jobs, installed, cron_jobs, site)
             if plan.changed and not dry_run:
@@ -153,8 +165,12 @@ def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, _Jo
 
 
 def _plan_jobs(
-    plan: Plan, config: Config, jobs: list[ResolvedJob], installed: dict[str, _JobRow],
-    cron_jobs: dict[str, cron.CronJob], site: cron.CronSite,
+    plan: Plan,
+    config: Config,
+    jobs: list[ResolvedJob],
+    installed: dict[str, _JobRow],
+    cron_jobs: dict[str, cron.CronJob],
+    site: cron.CronSite,
 ) -> None:
     for job in jobs:
         want = _JobRow.of(job)
@@ -162,18 +178,26 @@ def _plan_jobs(
         registered = cron_jobs.get(job.name)
         if have is None:
             state = "" if config.enabled else " (inactive: enabled = false)"
-            plan.changes.append(Change(
-                "create", "job", job.name,
-                f"delete from {job.qualified_table} where {' or '.join(job.job.expires)} is older than "
-                f"{job.job.retain}, schedule '{job.job.schedule}'{state}",
-            ))
+            plan.changes.append(
+                Change(
+                    "create",
+                    "job",
+                    job.name,
+                    f"delete from {job.qualified_table} where {' or '.join(job.job.expires)} is older than "
+                    f"{job.job.retain}, schedule '{job.job.schedule}'{state}",
+                )
+            )
             continue
         diffs = [
             f"{name} {old!r} -> {new!r}"
-            for name, old, new in zip(_JobRow.__dataclass_fields__, vars(have).values(), vars(want).values(), strict=True)
+            for name, old, new in zip(
+                _JobRow.__dataclass_fields__, vars(have).values(), vars(want).values(), strict=True
+            )
             if old != new and name != "schedule"
         ]
-        diffs += _cron_diffs(registered, job.job.schedule, cron.command(config.schema, job.name), config.enabled)
+        diffs += _cron_diffs(
+            registered, job.job.schedule, cron.command(config.schema, job.name), config.enabled
+        )
         if diffs:
             plan.changes.append(Change("update", "job", job.name, ", ".join(diffs)))
     configured = {job.name for job in jobs}
@@ -202,7 +226,8 @@ def _require_alter(
     """(De)activating a job needs cron.alter_job, which pg_cron revokes from PUBLIC:
     fail before changing anything rather than half-way."""
     flips = [
-        job.name for job in jobs
+        job.name
+        for job in jobs
         if (cron_jobs[job.name].active if job.name in cron_jobs else True) != config.enabled
     ]
     if flips and not site.can_alter():
@@ -214,8 +239,14 @@ def _require_alter(
 
 
 def _apply(
-    conn: psycopg.Connection[Any], site: cron.CronSite, config: Config, plan: Plan,
-    jobs: list[ResolvedJob], cron_jobs: dict[str, cron.CronJob], *, apply_schema: bool,
+    conn: psycopg.Connection[Any],
+    site: cron.CronSite,
+    config: Config,
+    plan: Plan,
+    jobs: list[ResolvedJob],
+    cron_jobs: dict[str, cron.CronJob],
+    *,
+    apply_schema: bool,
 ) -> None:
     schema = config.schema
     if apply_schema:
@@ -245,8 +276,17 @@ def _apply(
                     schedule = excluded.schedule, max_age = excluded.max_age
                 """
             ).format(sql.Identifier(schema, "job")),
-            [job.name, row.table_schema, row.table_name, list(row.expires), row.retain, row.predicate,
-             row.batch_size, row.schedule, row.max_age],
+            [
+                job.name,
+                row.table_schema,
+                row.table_name,
+                list(row.expires),
+                row.retain,
+                row.predicate,
+                row.batch_size,
+                row.schedule,
+                row.max_age,
+            ],
         )
         command = cron.command(schema, job.name)
         registered = cron_jobs.get(job.name)

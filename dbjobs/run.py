@@ -58,7 +58,11 @@ def run(conn: psycopg.Connection[Any], config: Config, job: str) -> RunResult:
     try:
         names = installed_jobs(conn, config)
         if job not in names:
-            hint = "run `dbjobs install` first" if config.job(job) else f"installed jobs: {', '.join(names) or 'none'}"
+            hint = (
+                "run `dbjobs install` first"
+                if config.job(job)
+                else f"installed jobs: {', '.join(names) or 'none'}"
+            )
             raise UnknownJobError(f"unknown job {job!r}: {hint}")
         history = sql.Identifier(config.schema, "run")
         before = conn.execute(
@@ -90,4 +94,6 @@ def run(conn: psycopg.Connection[Any], config: Config, job: str) -> RunResult:
     if row is None:
         raise DbjobsError(f"job {job!r}: the run did not start: {failure}") from failure
     status, rows, started, duration, error = row
-    return RunResult(job, status, int(rows), started, float(duration) if duration is not None else None, error)
+    return RunResult(
+        job, status, int(rows), started, float(duration) if duration is not None else None, error
+    )

@@ -14,8 +14,11 @@ from .config import Config
 
 # A job's state -> its contribution to the overall status (SPEC section 5).
 STATE_STATUS = {
-    "ok": "pass", "pending": "pass", "inactive": "pass",
-    "failing": "warn", "stale": "warn",
+    "ok": "pass",
+    "pending": "pass",
+    "inactive": "pass",
+    "failing": "warn",
+    "stale": "warn",
     "missing": "fail",
 }
 SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
@@ -116,14 +119,22 @@ def status(conn: psycopg.Connection[Any], config: Config) -> Report:
             state = "failing"
         else:
             state = "ok"
-        jobs.append(JobStatus(
-            name=job.name, schedule=job.schedule,
-            active=bool(cron_job and cron_job.active), state=state, status=STATE_STATUS[state],
-            last_run_at=last_at, last_run_status=last_status, last_success_at=success_at,
-            last_error=last_error, last_rows_deleted=rows,
-            last_duration_ms=round(float(duration), 1) if duration is not None else None,
-            next_run_at=schedule.next_fire(job.schedule, now) if state != "inactive" else None,
-        ))
+        jobs.append(
+            JobStatus(
+                name=job.name,
+                schedule=job.schedule,
+                active=bool(cron_job and cron_job.active),
+                state=state,
+                status=STATE_STATUS[state],
+                last_run_at=last_at,
+                last_run_status=last_status,
+                last_success_at=success_at,
+                last_error=last_error,
+                last_rows_deleted=rows,
+                last_duration_ms=round(float(duration), 1) if duration is not None else None,
+                next_run_at=schedule.next_fire(job.schedule, now) if state != "inactive" else None,
+            )
+        )
 
     overall = max((j.status for j in jobs), key=SEVERITY.__getitem__, default="pass")
     if not installed or scheduler.running is False:
