@@ -1,0 +1,50 @@
+"""Install and remove dbjobs from Alembic revisions, on the migration's own connection and transaction.
+
+    from alembic import op
+    import dbjobs.alembic
+
+    def upgrade():
+        dbjobs.alembic.install(op)
+
+    def downgrade():
+        dbjobs.alembic.uninstall(op)
+
+A revision calls the installer rather than running frozen SQL: the installer
+is idempotent and upgrades whatever version it finds, so old revisions keep
+working as dbjobs' SQL changes. Needs SQLAlchemy's psycopg (3) driver
+(``postgresql+psycopg://``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from .config import Config, load_config
+from .errors import DbjobsError
+from .install import Plan
+from .install import install as install_on
+from .install import uninstall as uninstall_on
+
+
+def connection(op: Any) -> psycopg.Connection[Any]:
+    """The psycopg connection under an Alembic ``op``, inside the migration's transaction."""
+    raw = op.get_bind().connection.dbapi_connection
+    if not isinstance(raw, psycopg.Connection):
+        raise DbjobsError(
+            "dbjobs.alembic needs SQLAlchemy's psycopg 3 driver: use a postgresql+psycopg:// URL"
+        )
+    if raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not raw.autocommit:
+        # Open the migration's transaction now, so that install runs in it (as a
+        # savepoint) instead of committing a transaction of its own.
+        raw.execute("SELECT 1")
+    return raw
+
+
+def install(op: Any, config: Config | None = None) -> Plan:
+    return install_on(connection(op), config or load_config())
+
+
+def uninstall(op: Any, config: Config | None = None) -> Plan:
+    return uninstall_on(connection(op), config or load_config())

@@ -1,0 +1,66 @@
+"""The migrations/ environment, and dbjobs.alembic inside an application's own migration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import create_engine, pool
+
+import dbjobs
+import dbjobs.alembic
+from tests.conftest import DEFAULT_TABLES, AppDb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic(app: AppDb, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBJOBS_", "PG"))}
+    env["DBJOBS_DSN"] = app.dsn
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "migrations" / "alembic.ini"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_upgrade_head_installs_and_downgrade_base_removes(app: AppDb, tmp_path: Path) -> None:
+    app.execute(DEFAULT_TABLES)
+    up = alembic(app, tmp_path, "upgrade", "head")
+    assert up.returncode == 0, up.stderr
+    assert len(app.cron_jobs()) == 4
+    assert app.execute("SELECT count(*) FROM dbjobs.job") == [(4,)]
+    assert app.execute("SELECT version_num FROM dbjobs_alembic_version") == [("0001_install_dbjobs",)]
+
+    down = alembic(app, tmp_path, "downgrade", "base")
+    assert down.returncode == 0, down.stderr
+    assert app.cron_jobs() == []
+    assert "dbjobs" not in app.schemas()
+    assert app.count("refresh_tokens") == 0  # the application's tables stay
+
+
+def test_install_joins_the_migrations_transaction(app_separate: AppDb) -> None:
+    """A migration that fails after dbjobs.alembic.install leaves dbjobs' schema uninstalled."""
+    app = app_separate
+    app.execute(DEFAULT_TABLES)
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(app.dsn), poolclass=pool.NullPool
+    )
+    config = dbjobs.load_config(environ={})
+    with pytest.raises(RuntimeError), engine.begin() as connection:
+        op = Operations(MigrationContext.configure(connection))
+        plan = dbjobs.alembic.install(op, config)
+        assert plan.changed
+        assert app.execute("SELECT to_regnamespace('dbjobs')") == [(None,)]  # not committed yet
+        raise RuntimeError("a later step of the same migration fails")
+    assert "dbjobs" not in app.schemas()
+
+    with engine.begin() as connection:
+        dbjobs.alembic.install(Operations(MigrationContext.configure(connection)), config)
+    assert app.execute("SELECT count(*) FROM dbjobs.job") == [(4,)]
+    engine.dispose()
