@@ -107,7 +107,7 @@ COMMANDS = {"install": _cmd_install, "uninstall": _cmd_uninstall, "status": _cmd
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"dbjobs: error: {message}", file=sys.stderr)
+    print(f"dbjobs: error: {' '.join(message.split())}", file=sys.stderr)
     return code
 
 

@@ -1,0 +1,102 @@
+"""Prerequisites and connections: one clear line, the documented exit code, nothing changed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import DEFAULT_TABLES, AppDb
+from tests.servers import Server, local_server, source
+
+
+@pytest.fixture(scope="module")
+def server_without_pg_cron() -> Iterator[Server]:
+    if source() != "local":
+        pytest.skip("needs the local server binaries to start a server without pg_cron")
+    with local_server("postgres", preload_pg_cron=False) as server:
+        yield server
+
+
+def test_no_pg_cron_is_a_clear_error(server_without_pg_cron: Server, dbjobs_cli) -> None:
+    dsn = server_without_pg_cron.dsn
+    from psycopg import connect
+
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(DEFAULT_TABLES)
+    for argv in (["install"], ["install", "--dry-run"], ["uninstall"]):
+        result = dbjobs_cli("--dsn", dsn, *argv)
+        assert result.code == 3, result
+        [line] = result.err.splitlines()
+        assert line.startswith("dbjobs: error: pg_cron is not installed")
+        assert "shared_preload_libraries = 'pg_cron'" in line and "CREATE EXTENSION pg_cron" in line
+    with connect(dsn) as conn:
+        assert conn.execute("SELECT to_regnamespace('dbjobs')").fetchone() == (None,)
+
+
+def test_cron_dsn_pointing_at_a_database_without_pg_cron(app_separate: AppDb, dbjobs_cli, write_config) -> None:
+    app = app_separate
+    app.execute(DEFAULT_TABLES)
+    config = write_config(f"cron_dsn = {app.dsn!r}\n")
+    result = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
+    assert result.code == 3
+    assert "pg_cron is not installed" in result.err
+    assert "dbjobs" not in app.schemas()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dbjobs(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBJOBS_", "PG")) and k != "DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "dbjobs", *argv], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+@pytest.mark.parametrize("command", [["install"], ["status"], ["run", "--all"], ["uninstall"]])
+def test_unreachable_server_exits_3_quickly_without_the_password(command: list[str]) -> None:
+    dsn = f"postgresql://app:sekrit-pw@127.0.0.1:{_closed_port()}/app"
+    started = time.monotonic()
+    result = _dbjobs("--dsn", dsn, *command)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 3
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("dbjobs: error: cannot connect to 127.0.0.1:")
+    assert "sekrit" not in result.stderr
+
+
+def test_server_that_never_answers_times_out() -> None:
+    """A port that accepts connections but never speaks: the connect timeout bounds the wait."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        result = _dbjobs("--dsn", f"host=127.0.0.1 port={port} dbname=app connect_timeout=2", "status")
+        elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert elapsed < 8
+    assert "cannot connect" in result.stderr
+
+
+def test_invalid_dsn_is_one_line() -> None:
+    result = _dbjobs("--dsn", "host=127.0.0.1 port=oops password=sekrit-pw bogus", "install")
+    assert result.returncode == 3
+    assert len(result.stderr.splitlines()) == 1
+    assert "sekrit" not in result.stderr
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = _dbjobs("--debug", "--dsn", f"host=127.0.0.1 port={_closed_port()}", "install")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
