@@ -99,7 +99,7 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
         for name in names:
             result = run(conn, config, name)
             print(result.line(), flush=True)
-            failed |= not result.ok
+            failed |= result.status == "failed"
     return 1 if failed else 0
 
 

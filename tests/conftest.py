@@ -119,7 +119,9 @@ def _make_app(layout: str, server: servers.Server) -> Iterator[AppDb]:
             server_conn.execute("DELETE FROM cron.job_run_details WHERE database = %s", [database])
             if layout == "same":
                 for name in (schema, "dbjobs", "dbjobs_alt"):
-                    server_conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+                    server_conn.execute(
+                        sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
+                    )
             else:
                 server_conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
@@ -134,9 +136,7 @@ class CliResult:
 
 
 @pytest.fixture
-def dbjobs_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> Any:
+def dbjobs_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Any:
     """Run the CLI in-process, in an empty working directory, with a clean environment."""
     for var in list(os.environ):
         if var.startswith(("DBJOBS_", "JOB_", "PG")) or var == "DATABASE_URL":

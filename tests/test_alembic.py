@@ -25,7 +25,11 @@ def alembic(app: AppDb, cwd: Path, *args: str) -> subprocess.CompletedProcess[st
     env["DBJOBS_DSN"] = app.dsn
     return subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "migrations" / "alembic.ini"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -30,12 +30,17 @@ def test_defaults_are_the_four_backend_jobs(tmp_path: Path) -> None:
         ("login_attempts", ("created_at",), "7 days", "0 2 * * *"),
     ]
     assert (config.schema, config.enabled, config.history_retention, config.grace) == (
-        "dbjobs", True, "7 days", "10 minutes"
+        "dbjobs",
+        True,
+        "7 days",
+        "10 minutes",
     )
 
 
 def test_file_discovery_order(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.dbjobs]\nschema = "from_pyproject"\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[tool.dbjobs]\nschema = "from_pyproject"\n'
+    )
     assert load_config(environ={}, cwd=tmp_path).schema == "from_pyproject"
     (tmp_path / "dbjobs.toml").write_text('schema = "from_dbjobs_toml"\n')
     assert load_config(environ={}, cwd=tmp_path).schema == "from_dbjobs_toml"
@@ -86,11 +91,17 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("enabled = 'sometimes'\n", {}, "enabled must be true or false"),
         ("schema = 'x'\n[jobs\n", {}, "invalid TOML"),
         ("", {"JOB_ENABLE_CLEANUP": "maybe"}, "JOB_ENABLE_CLEANUP='maybe' is not a boolean"),
-        ("", {"JOB_PASSWORD_CLEANUP": "15 0 * * * *"}, "JOB_PASSWORD_CLEANUP: schedule: '15 0 * * * *' has seconds"),
+        (
+            "",
+            {"JOB_PASSWORD_CLEANUP": "15 0 * * * *"},
+            "JOB_PASSWORD_CLEANUP: schedule: '15 0 * * * *' has seconds",
+        ),
         ("", {"JOB_EMAIL_CLEANUP": "every hour"}, "JOB_EMAIL_CLEANUP: schedule:"),
     ],
 )
-def test_invalid_values_name_the_job_and_key(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
+def test_invalid_values_name_the_job_and_key(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
     (tmp_path / "dbjobs.toml").write_text(toml)
     with pytest.raises(ConfigError) as caught:
         load_config(environ=env, cwd=tmp_path)
@@ -100,7 +111,9 @@ def test_invalid_values_name_the_job_and_key(tmp_path: Path, toml: str, env: dic
 
 def test_schedule_forms_pg_cron_accepts(tmp_path: Path) -> None:
     for given, stored in [
-        ("@hourly", "@hourly"), ("0 0 * * * *", "0 * * * *"), ("*/5  1-3 * JAN mon", "*/5 1-3 * JAN mon"),
+        ("@hourly", "@hourly"),
+        ("0 0 * * * *", "0 * * * *"),
+        ("*/5  1-3 * JAN mon", "*/5 1-3 * JAN mon"),
         ("30 seconds", "30 seconds"),
     ]:
         (tmp_path / "dbjobs.toml").write_text(ONE_JOB.replace("*/15 * * * *", given))

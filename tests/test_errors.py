@@ -39,7 +39,9 @@ def test_no_pg_cron_is_a_clear_error(server_without_pg_cron: Server, dbjobs_cli)
         assert conn.execute("SELECT to_regnamespace('dbjobs')").fetchone() == (None,)
 
 
-def test_cron_dsn_pointing_at_a_database_without_pg_cron(app_separate: AppDb, dbjobs_cli, write_config) -> None:
+def test_cron_dsn_pointing_at_a_database_without_pg_cron(
+    app_separate: AppDb, dbjobs_cli, write_config
+) -> None:
     app = app_separate
     app.execute(DEFAULT_TABLES)
     config = write_config(f"cron_dsn = {app.dsn!r}\n")

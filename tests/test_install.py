@@ -135,9 +135,7 @@ def test_job_dropped_from_config_is_removed_and_foreign_jobs_are_kept(
         ("dbjobs_lookalike", "0 4 * * *", "SELECT 2"),  # not dbjobs' naming: dbjobs:<db>:<job>
     ]
     for name, schedule, command in foreign:
-        app.cron(
-            "SELECT cron.schedule_in_database(%s, %s, %s, %s)", [name, schedule, command, app.database]
-        )
+        app.cron("SELECT cron.schedule_in_database(%s, %s, %s, %s)", [name, schedule, command, app.database])
     app.cron("SELECT cron.schedule('dbjobs:other_db:refresh_tokens', '0 5 * * *', 'SELECT 3')")
     foreign_rows = app.cron("SELECT jobid, jobname, schedule, command, database FROM cron.job ORDER BY jobid")
 
@@ -149,7 +147,9 @@ def test_job_dropped_from_config_is_removed_and_foreign_jobs_are_kept(
     result = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
     assert result.code == 0, result.err
     assert sorted(line.split(":")[0] for line in result.out.splitlines()) == [
-        "remove job email_verifications", "remove job login_attempts", "remove job password_resets"
+        "remove job email_verifications",
+        "remove job login_attempts",
+        "remove job password_resets",
     ]
     assert [name for _, name, *_ in app.cron_jobs() if name.startswith(f"dbjobs:{app.database}:")] == [
         f"dbjobs:{app.database}:refresh_tokens"

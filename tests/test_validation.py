@@ -13,12 +13,19 @@ INSERT INTO sessions VALUES (1, now() - interval '1 year', 'old', true);
 
 
 def job(**overrides: str) -> str:
-    keys = {"table": '"sessions"', "expires": '["expires_at"]', "retain": '"1 day"', "schedule": '"0 * * * *"'}
+    keys = {
+        "table": '"sessions"',
+        "expires": '["expires_at"]',
+        "retain": '"1 day"',
+        "schedule": '"0 * * * *"',
+    }
     keys.update(overrides)
     return "[jobs.sessions]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
-GOOD_SECOND_JOB = '[jobs.other]\ntable = "sessions"\nexpires = "expires_at"\nretain = "2 days"\nschedule = "@daily"\n'
+GOOD_SECOND_JOB = (
+    '[jobs.other]\ntable = "sessions"\nexpires = "expires_at"\nretain = "2 days"\nschedule = "@daily"\n'
+)
 
 
 @pytest.mark.parametrize(
@@ -28,7 +35,10 @@ GOOD_SECOND_JOB = '[jobs.other]\ntable = "sessions"\nexpires = "expires_at"\nret
         (job(retain='"-1 day"'), "job 'sessions': retain: '-1 day' is negative"),
         (job(max_age='"soon"'), "job 'sessions': max_age: 'soon' is not a PostgreSQL interval"),
         ('grace = "-5 minutes"\n' + job(), "grace: '-5 minutes' is negative"),
-        ('history_retention = "a week"\n' + job(), "history_retention: 'a week' is not a PostgreSQL interval"),
+        (
+            'history_retention = "a week"\n' + job(),
+            "history_retention: 'a week' is not a PostgreSQL interval",
+        ),
         (job(table='"no_such_table"'), "job 'sessions': table: relation 'no_such_table' does not exist"),
         (job(table='"a.b.c.d"'), "job 'sessions': table: 'a.b.c.d' is not a table name"),
         (job(table="'\"Sessions\"'"), "job 'sessions': table: relation '\"Sessions\"' does not exist"),
@@ -36,12 +46,15 @@ GOOD_SECOND_JOB = '[jobs.other]\ntable = "sessions"\nexpires = "expires_at"\nret
         (job(expires='["label"]'), "job 'sessions': expires: column 'label' is text, not timestamp"),
         (job(where='"revoked AND"'), "job 'sessions': where: 'revoked AND' is not a valid predicate"),
         (job(where='"no_such_column"'), "job 'sessions': where: 'no_such_column' is not a valid predicate"),
-        (job(where='"revoked, true"'), "job 'sessions': where: 'revoked, true' must be one boolean expression"),
+        (
+            job(where='"revoked, true"'),
+            "job 'sessions': where: 'revoked, true' must be one boolean expression",
+        ),
         (job(where='"label"'), "must be one boolean expression"),
         # Would turn "rule AND (p)" into "rule AND (true) OR (true)": everything.
         (job(where='"true) OR (true"'), "job 'sessions': where: 'true) OR (true' is not a valid predicate"),
         (job(where='"true; DROP TABLE sessions"'), "job 'sessions': where:"),
-        (job(where="\"true FROM sessions UNION SELECT true\""), "job 'sessions': where:"),
+        (job(where='"true FROM sessions UNION SELECT true"'), "job 'sessions': where:"),
         (job() + GOOD_SECOND_JOB.replace('"2 days"', '"2 dayz"'), "job 'other': retain"),
     ],
 )
@@ -75,7 +88,9 @@ def test_a_bad_update_leaves_the_previous_install_whole(app: AppDb, dbjobs_cli, 
 
 def test_schema_that_is_not_dbjobs_is_refused(app: AppDb, dbjobs_cli, write_config) -> None:
     app.execute(TABLE + "CREATE SCHEMA reporting; CREATE TABLE reporting.kpi (id int);")
-    result = dbjobs_cli("--dsn", app.dsn, "--config", write_config('schema = "reporting"\n' + job()), "install")
+    result = dbjobs_cli(
+        "--dsn", app.dsn, "--config", write_config('schema = "reporting"\n' + job()), "install"
+    )
     assert result.code == 2
     assert "schema: 'reporting' already exists and holds objects that are not dbjobs'" in result.err
     assert app.execute("SELECT count(*) FROM reporting.kpi") == [(0,)]
