@@ -71,7 +71,8 @@ class AppDb:
     def cron_jobs(self) -> list[tuple[Any, ...]]:
         """(jobid, jobname, schedule, command, active) of this database's pg_cron jobs."""
         return self.cron(
-            "SELECT jobid, jobname, schedule, command, active FROM cron.job WHERE database = %s ORDER BY jobname",
+            "SELECT jobid, jobname, schedule, command, active FROM cron.job"
+            " WHERE database = %s ORDER BY jobname",
             [self.database],
         )
 

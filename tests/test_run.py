@@ -117,7 +117,8 @@ def test_a_second_run_of_the_same_job_is_skipped(sessions, dbjobs_cli) -> None:
 def test_a_run_whose_session_died_is_marked_failed(sessions, dbjobs_cli) -> None:
     app, config = sessions
     app.execute(
-        "INSERT INTO dbjobs.run (job, trigger, status, rows_deleted) VALUES ('sessions', 'scheduled', 'running', 4)"
+        "INSERT INTO dbjobs.run (job, trigger, status, rows_deleted)"
+        " VALUES ('sessions', 'scheduled', 'running', 4)"
     )
     assert dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "sessions").code == 0
     assert app.execute("SELECT status, error LIKE 'interrupted%%' FROM dbjobs.run ORDER BY id") == [
