@@ -94,7 +94,12 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
     if bool(args.jobs) == args.all:
         raise UnknownJobError("name one or more jobs, or --all")
     with connect(dsn, autocommit=True) as conn:
-        names = installed_jobs(conn, config) if args.all else args.jobs
+        if args.all:
+            installed = installed_jobs(conn, config)
+            configured = [job.name for job in config.jobs if job.name in installed]
+            names = configured + [name for name in installed if name not in configured]
+        else:
+            names = args.jobs
         failed = False
         for name in names:
             result = run(conn, config, name)

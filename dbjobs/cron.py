@@ -22,6 +22,8 @@ from .connection import connect, with_database
 from .errors import PrerequisiteError
 
 NAME_PREFIX = "dbjobs:"
+SCHEDULE_IN_DATABASE = "cron.schedule_in_database(text,text,text,text,text,boolean)"
+ALTER_JOB = "cron.alter_job(bigint,text,text,text,text,boolean)"
 MAX_JOBNAME_BYTES = 63  # pg_cron before 1.5 cuts job names to NAMEDATALEN - 1
 
 
@@ -114,9 +116,10 @@ class CronSite:
     def unschedule(self, jobid: int) -> None:
         self.conn.execute("SELECT cron.unschedule(job_id => %s)", [jobid])
 
-    def can_alter(self) -> bool:
+    def may_execute(self, *functions: str) -> bool:
         row = self.conn.execute(
-            "SELECT has_function_privilege('cron.alter_job(bigint,text,text,text,text,boolean)', 'EXECUTE')"
+            "SELECT bool_and(has_function_privilege(f, 'EXECUTE')) FROM unnest(%s::text[]) AS f",
+            [list(functions)],
         ).fetchone()
         return bool(row and row[0])
 
@@ -136,8 +139,9 @@ def command(schema: str, job: str) -> str:
     return f"CALL {sql.Identifier(schema).as_string(None)}.run_job({sql.Literal(job).as_string(None)})"
 
 
+USAGE_HINT = "a superuser must run: GRANT USAGE ON SCHEMA cron TO {role}"
 GRANT_HINT = (
-    "a superuser must run: GRANT EXECUTE ON FUNCTION "
+    "a superuser must run: GRANT USAGE ON SCHEMA cron TO {role}; GRANT EXECUTE ON FUNCTION "
     "cron.schedule_in_database(text,text,text,text,text,boolean), "
     "cron.alter_job(bigint,text,text,text,text,boolean) TO {role}"
 )
@@ -154,6 +158,7 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
     """
     database, role, has_ext, ext_version = _probe(conn)
     if has_ext:
+        _require_usage(conn, role)
         yield CronSite(conn, database, True, _version(ext_version))
         return
 
@@ -167,21 +172,28 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
                 "restart, then run CREATE EXTENSION pg_cron in that database "
                 "(or set cron_dsn to where pg_cron lives)"
             )
+        _require_usage(cron_conn, role, hint=GRANT_HINT if for_changes else USAGE_HINT)
         site = CronSite(cron_conn, database, False, _version(ext_version))
         if not for_changes:
             yield site
             return
-        privilege = cron_conn.execute(
-            "SELECT has_function_privilege('cron.schedule_in_database(text,text,text,text,text,boolean)', "
-            "'EXECUTE')"
-        ).fetchone()
-        if not (privilege and privilege[0] and site.can_alter()):
+        if not site.may_execute(SCHEDULE_IN_DATABASE, ALTER_JOB):
             raise PrerequisiteError(
                 f"pg_cron runs in database {cron_db!r}, so role {role!r} needs to schedule jobs in "
                 f"database {database!r}: " + GRANT_HINT.format(role=role)
             )
         with cron_conn.transaction():
             yield site
+
+
+def _require_usage(conn: psycopg.Connection[Any], role: str, hint: str = USAGE_HINT) -> None:
+    """pg_cron grants no USAGE on its schema to PUBLIC; without it nothing in cron.* can be reached."""
+    row = conn.execute("SELECT has_schema_privilege('cron', 'USAGE')").fetchone()
+    if not (row and row[0]):
+        database = conn.info.dbname
+        raise PrerequisiteError(
+            f"role {role!r} may not use pg_cron's schema in database {database!r}: " + hint.format(role=role)
+        )
 
 
 def _probe(conn: psycopg.Connection[Any]) -> tuple[str, str, bool, str | None]:

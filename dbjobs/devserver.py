@@ -163,6 +163,11 @@ class ThrowawayServer:
             ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
         return f"PostgreSQL {server[0] if server else '?'}, pg_cron {ext[0] if ext else 'not created'}"
 
+    def stop_command(self) -> str:
+        """A shell command that stops this server and removes its directory, for a server left running."""
+        pg_ctl = " ".join(_as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "stop"]))
+        return f"{pg_ctl} && rm -rf {self.workdir}"
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             subprocess.run(

@@ -230,7 +230,7 @@ def _require_alter(
         for job in jobs
         if (cron_jobs[job.name].active if job.name in cron_jobs else True) != config.enabled
     ]
-    if flips and not site.can_alter():
+    if flips and not site.may_execute(cron.ALTER_JOB):
         role = site.conn.execute("SELECT current_user").fetchone()
         raise PrerequisiteError(
             f"enabled = {str(config.enabled).lower()} needs pg_cron's alter_job for job {flips[0]!r}, "

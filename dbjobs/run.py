@@ -28,7 +28,8 @@ class RunResult:
 
     def line(self) -> str:
         if self.status == "succeeded":
-            return f"{self.job}: deleted {self.rows_deleted} rows in {self.duration_ms or 0:.1f} ms"
+            rows = "row" if self.rows_deleted == 1 else "rows"
+            return f"{self.job}: deleted {self.rows_deleted} {rows} in {self.duration_ms or 0:.1f} ms"
         if self.status == "skipped":
             return f"{self.job}: skipped: {self.error}"
         return f"{self.job}: failed after deleting {self.rows_deleted} rows: {self.error}"

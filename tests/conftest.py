@@ -168,13 +168,9 @@ def write_config(tmp_path: Path) -> Any:
     return write
 
 
-DEFAULT_TABLES = """
-CREATE TABLE refresh_tokens (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), expires_at timestamptz NOT NULL);
-CREATE TABLE email_verifications (
-    id bigserial PRIMARY KEY, expires_at timestamptz NOT NULL, verified_at timestamptz);
-CREATE TABLE password_resets (id bigserial PRIMARY KEY, expires_at timestamptz NOT NULL, used_at timestamptz);
-CREATE TABLE login_attempts (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL);
-"""
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_TABLES = (EXAMPLES / "backend_tables.sql").read_text()
+SAMPLE_ROWS = (EXAMPLES / "backend_sample_rows.sql").read_text()
 
 
 @pytest.fixture

@@ -8,30 +8,8 @@ import threading
 import psycopg
 
 import dbjobs
-from tests.conftest import AppDb
+from tests.conftest import SAMPLE_ROWS, AppDb
 
-# Rows on both sides of every default job's retention line, with a margin of
-# minutes so that the clock moving during the test cannot change the answer.
-SAMPLE_ROWS = """
-INSERT INTO refresh_tokens (expires_at) VALUES
-    (now() - interval '31 days'), (now() - interval '30 days 5 minutes'),   -- deleted
-    (now() - interval '29 days 23 hours'), (now() - interval '1 day'), (now() + interval '1 day');
-INSERT INTO email_verifications (expires_at, verified_at) VALUES
-    (now() - interval '25 hours', NULL),                     -- deleted: expired
-    (now() + interval '1 hour', now() - interval '25 hours'), -- deleted: verified long ago
-    (now() - interval '25 hours', now() - interval '1 hour'),  -- deleted: the earliest counts
-    (now() - interval '23 hours', NULL),
-    (now() + interval '1 hour', now() - interval '23 hours'),
-    (now() + interval '1 hour', NULL);
-INSERT INTO password_resets (expires_at, used_at) VALUES
-    (now() - interval '70 minutes', NULL),                      -- deleted
-    (now() + interval '1 hour', now() - interval '65 minutes'),  -- deleted: used
-    (now() - interval '50 minutes', NULL),
-    (now() + interval '10 minutes', now() - interval '55 minutes');
-INSERT INTO login_attempts (created_at) VALUES
-    (now() - interval '8 days'), (now() - interval '7 days 10 minutes'),    -- deleted
-    (now() - interval '6 days 23 hours'), (now());
-"""
 EXPECTED_DELETED = {"refresh_tokens": 2, "email_verifications": 3, "password_resets": 2, "login_attempts": 2}
 EXPECTED_LEFT = {"refresh_tokens": 3, "email_verifications": 3, "password_resets": 2, "login_attempts": 2}
 
