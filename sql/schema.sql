@@ -57,6 +57,27 @@ CREATE INDEX IF NOT EXISTS run_job_latest_success ON @schema@.run (job, id DESC)
 CREATE INDEX IF NOT EXISTS run_started_at ON @schema@.run (started_at);
 
 
+-- Routines are dropped and created again on every install or upgrade, in the
+-- same transaction: an old signature left behind would overload run_job and
+-- make pg_cron's `CALL run_job('name')` ambiguous.
+DO $$
+DECLARE
+    routine record;
+BEGIN
+    FOR routine IN
+        SELECT p.oid::regprocedure AS signature, p.prokind
+          FROM pg_catalog.pg_proc p
+         -- The schema, found without writing its name into a string literal.
+         WHERE p.pronamespace = (SELECT t.typnamespace FROM pg_catalog.pg_type t
+                                  WHERE t.oid = pg_catalog.pg_typeof(NULL::@schema@.job))
+    LOOP
+        EXECUTE pg_catalog.format('DROP %s %s',
+            CASE routine.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, routine.signature);
+    END LOOP;
+END
+$$;
+
+
 -- The rows a job deletes: (c1 < $1 OR c2 < $1 ...) AND (predicate), where $1 is
 -- the run's cutoff, now() - retain. One comparison per column, OR-ed, so that an
 -- index on each column can serve it (a BitmapOr); NULL columns never match.

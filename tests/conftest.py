@@ -119,7 +119,7 @@ def _make_app(layout: str, server: servers.Server) -> Iterator[AppDb]:
             )
             server_conn.execute("DELETE FROM cron.job_run_details WHERE database = %s", [database])
             if layout == "same":
-                for name in (schema, "dbjobs", "dbjobs_alt"):
+                for name in (schema, "dbjobs", "dbjobs alt's"):
                     server_conn.execute(
                         sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
                     )

@@ -166,7 +166,7 @@ def test_quoted_schema_qualified_identifiers_and_where(app: AppDb, dbjobs_cli, w
     )
     config = write_config(
         """
-        schema = "dbjobs_alt"
+        schema = "dbjobs alt's"
         [jobs.audit]
         table = '"My App"."Audit Log"'
         expires = ["Created At", "Kept Until"]
@@ -178,13 +178,13 @@ def test_quoted_schema_qualified_identifiers_and_where(app: AppDb, dbjobs_cli, w
     )
     installed = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
     assert installed.code == 0, installed.err
-    assert app.cron_jobs()[0][3] == "CALL \"dbjobs_alt\".run_job('audit')"
+    assert app.cron_jobs()[0][3] == "CALL \"dbjobs alt's\".run_job('audit')"
     ran = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "audit")
     assert ran.code == 0, ran.err
     assert "audit: deleted 2 rows" in ran.out
     assert [r[0] for r in app.execute('SELECT id FROM "My App"."Audit Log" ORDER BY id')] == [2, 4, 5]
     assert dbjobs_cli("--dsn", app.dsn, "--config", config, "uninstall").code == 0
-    assert "dbjobs_alt" not in app.schemas()
+    assert "dbjobs alt's" not in app.schemas()
 
 
 def test_disabled_jobs_stay_installed_but_inactive(default_tables: AppDb, dbjobs_cli) -> None:

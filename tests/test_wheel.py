@@ -38,30 +38,20 @@ def test_wheel_ships_the_sql_and_works_outside_the_checkout(app_separate: AppDb,
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBJOBS_", "PG", "PYTHON"))}
     env["DBJOBS_DSN"] = app.dsn
 
-    where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import dbjobs; print(dbjobs.__file__)"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    def in_venv(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(venv / "bin" / argv[0]), *argv[1:]], cwd=workdir, env=env, capture_output=True, text=True
+        )
+
+    where = in_venv("python", "-c", "import dbjobs; print(dbjobs.__file__)")
     assert str(venv) in where.stdout and str(ROOT) not in where.stdout
 
     app.execute(
         DEFAULT_TABLES + "INSERT INTO login_attempts (created_at) VALUES (now() - interval '30 days');"
     )
-    install = subprocess.run(
-        [str(venv / "bin" / "dbjobs"), "install"], cwd=workdir, env=env, capture_output=True, text=True
-    )
+    install = in_venv("dbjobs", "install")
     assert install.returncode == 0, install.stderr
     assert install.stdout.count("create job") == 4
-    run = subprocess.run(
-        [str(venv / "bin" / "dbjobs"), "run", "login_attempts"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    run = in_venv("dbjobs", "run", "login_attempts")
     assert run.returncode == 0, run.stderr
     assert "login_attempts: deleted 1 row " in run.stdout
