@@ -131,11 +131,11 @@ def _check_predicate(conn: psycopg.Connection[Any], job: ResolvedJob) -> None:
     predicate = job.job.where or ""
     table = sql.Identifier(job.table_schema, job.table_name)
     probes = [
-        sql.SQL("SELECT {} \nFROM {} WHERE false").format(sql.SQL(predicate), table),  # type: ignore[arg-type]
+        sql.SQL("SELECT {} \nFROM {} WHERE false").format(sql.SQL(predicate), table),
         sql.SQL("EXPLAIN DELETE FROM {} WHERE {} < now() AND ({}\n)").format(
             table,
             sql.Identifier(job.job.expires[0]),
-            sql.SQL(predicate),  # type: ignore[arg-type]
+            sql.SQL(predicate),
         ),
     ]
     try:

@@ -11,7 +11,7 @@ import psycopg
 from . import __version__, formats
 from .config import Config, load_config
 from .connection import connect, redact, resolve_dsn
-from .errors import ConnectError, DbjobsError, UnknownJobError
+from .errors import ConnectError, DbjobsError, PrerequisiteError, UnknownJobError
 from .install import install, uninstall
 from .run import installed_jobs, run
 from .status import SEVERITY, status
@@ -50,19 +50,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         return COMMANDS[args.command](args, dsn, config)
-    except DbjobsError as exc:
+    except (DbjobsError, psycopg.Error) as exc:
         if args.debug:
             raise
-        return _fail(redact(str(exc), dsn), exc.exit_code)
-    except psycopg.OperationalError as exc:
+        message, code = _explain(exc)
+        return _fail(redact(message, dsn), code)
+
+
+def _explain(exc: DbjobsError | psycopg.Error) -> tuple[str, int]:
+    """The one line and exit code for an error that reached the CLI's boundary."""
+    if isinstance(exc, DbjobsError):
+        return str(exc), exc.exit_code
+    detail = _one_line(exc)
+    if isinstance(exc, psycopg.OperationalError):
         # The connection broke after it was made (server shut down, network).
-        if args.debug:
-            raise
-        return _fail(redact(f"lost the connection: {_one_line(exc)}", dsn), ConnectError.exit_code)
-    except psycopg.Error as exc:
-        if args.debug:
-            raise
-        return _fail(redact(f"database error: {_one_line(exc)}", dsn), 1)
+        return f"lost the connection: {detail}", ConnectError.exit_code
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        hint = "grant it, or run as the owner of the database and tables"
+        return f"permission denied: {detail} ({hint})", PrerequisiteError.exit_code
+    return f"database error: {detail}", 1
 
 
 def _cmd_install(args: argparse.Namespace, dsn: str, config: Config) -> int:

@@ -31,7 +31,7 @@ def with_database(conn: psycopg.Connection[Any], dbname: str) -> str:
     if conn.info.password:
         params["password"] = conn.info.password
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:

@@ -144,7 +144,7 @@ class ThrowawayServer:
         path = self.workdir / "server.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
-    def execute(self, query: str | sql.Composable, dbname: str = "postgres") -> None:
+    def execute(self, query: str | sql.SQL | sql.Composed, dbname: str = "postgres") -> None:
         with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
             conn.execute(query)
 

@@ -92,12 +92,7 @@ def install(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fa
         with cron.locate(conn, config) as site:
             if not site.same_database:
                 site.conn.execute(INSTALL_LOCK, [site.database])
-            for job in jobs:
-                if schedule.needs_pg_cron_1_5(job.job.schedule) and site.version < (1, 5):
-                    raise ConfigError(
-                        f"job {job.name!r}: schedule: {job.job.schedule!r} needs pg_cron 1.5 or later "
-                        f"(this server has {'.'.join(map(str, site.version))})"
-                    )
+            _check_schedules(jobs, site)
             plan = Plan(dry_run=dry_run, database=site.database)
             schema_change = _schema_change(conn, config.schema)
             if schema_change:
@@ -108,11 +103,20 @@ def install(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fa
                 else {}
             )
             cron_jobs = site.jobs()
-            _plan_jobs(plan, config, jobs, installed, cron_jobs, site)
+            _plan_jobs(plan, config, jobs, installed, cron_jobs)
+            _require_alter(site, config, jobs, cron_jobs)
             if plan.changed and not dry_run:
-                _require_alter(site, config, jobs, cron_jobs)
                 _apply(conn, site, config, plan, jobs, cron_jobs, apply_schema=schema_change is not None)
     return plan
+
+
+def _check_schedules(jobs: list[ResolvedJob], site: cron.CronSite) -> None:
+    for job in jobs:
+        if schedule.needs_pg_cron_1_5(job.job.schedule) and site.version < (1, 5):
+            raise ConfigError(
+                f"job {job.name!r}: schedule: {job.job.schedule!r} needs pg_cron 1.5 or later "
+                f"(this server has {'.'.join(map(str, site.version))})"
+            )
 
 
 def _check_server(conn: psycopg.Connection[Any]) -> None:
@@ -170,7 +174,6 @@ def _plan_jobs(
     jobs: list[ResolvedJob],
     installed: dict[str, _JobRow],
     cron_jobs: dict[str, cron.CronJob],
-    site: cron.CronSite,
 ) -> None:
     for job in jobs:
         want = _JobRow.of(job)

@@ -29,7 +29,7 @@ def read(name: str) -> str:
 def with_schema(name: str, schema: str) -> sql.SQL:
     """File ``name`` with @schema@ replaced by the quoted schema name, like an extension's @extschema@."""
     quoted = sql.Identifier(schema).as_string(None)
-    return sql.SQL(read(name).replace(SCHEMA_PLACEHOLDER, quoted))  # type: ignore[arg-type]
+    return sql.SQL(read(name).replace(SCHEMA_PLACEHOLDER, quoted))
 
 
 def digest(name: str) -> str:

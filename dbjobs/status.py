@@ -59,7 +59,8 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["installed"]
-        return _jsonable(data)
+        result: dict[str, Any] = _jsonable(data)
+        return result
 
 
 def _jsonable(value: Any) -> Any:

@@ -241,3 +241,27 @@ def test_python_api(default_tables: AppDb) -> None:
         assert report.to_dict()["jobs"][0]["last_rows_deleted"] == 2
         dbjobs.uninstall(conn, config)
     assert app.cron_jobs() == []
+
+
+def test_status_before_install_and_after_a_job_vanishes(default_tables: AppDb, dbjobs_cli) -> None:
+    app = default_tables
+    before = dbjobs_cli("--dsn", app.dsn, "status", "--format", "json")
+    assert before.code == 2
+    report = json.loads(before.out)
+    assert report["status"] == "fail"
+    assert {job["state"] for job in report["jobs"]} == {"missing"}
+    assert "not installed" in dbjobs_cli("--dsn", app.dsn, "status").out
+
+    assert dbjobs_cli("--dsn", app.dsn, "install").code == 0
+    assert dbjobs_cli("--dsn", app.dsn, "status").code == 0
+    jobid, jobname, *_ = app.cron_jobs()[0]
+    app.cron("SELECT cron.unschedule(%s::bigint)", [jobid])
+    vanished = json.loads(dbjobs_cli("--dsn", app.dsn, "status", "--format", "json").out)
+    assert vanished["status"] == "fail"
+    assert [j["name"] for j in vanished["jobs"] if j["state"] == "missing"] == [jobname.rpartition(":")[2]]
+
+    repaired = dbjobs_cli("--dsn", app.dsn, "install")
+    assert repaired.out.splitlines() == [
+        f"update job {jobname.rpartition(':')[2]}: missing from pg_cron: schedule it again"
+    ]
+    assert dbjobs_cli("--dsn", app.dsn, "status").code == 0
