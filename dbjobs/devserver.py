@@ -154,8 +154,21 @@ class ThrowawayServer:
             query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         self.execute(query)
 
-    def create_pg_cron(self) -> None:
+    def create_pg_cron(self, timeout: float = 15.0) -> None:
+        """Create the extension, then wait for pg_cron's scheduler to be up.
+
+        The scheduler starts with the server, fails while cron.database_name
+        does not exist yet, and retries every second.
+        """
         self.execute("CREATE EXTENSION IF NOT EXISTS pg_cron", dbname=self.cron_database)
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            while not conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'pg_cron scheduler')"
+            ).fetchone()[0]:  # type: ignore[index]
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"pg_cron's scheduler did not start: {self.log_tail()}")
+                time.sleep(0.1)
 
     def version(self) -> str:
         with psycopg.connect(self.dsn(self.cron_database)) as conn:

@@ -276,7 +276,8 @@ def _apply(
                     table_schema = excluded.table_schema, table_name = excluded.table_name,
                     expires = excluded.expires, retain = excluded.retain,
                     predicate = excluded.predicate, batch_size = excluded.batch_size,
-                    schedule = excluded.schedule, max_age = excluded.max_age
+                    schedule = excluded.schedule, max_age = excluded.max_age,
+                    installed_at = now()  -- staleness counts from the latest definition
                 """
             ).format(sql.Identifier(schema, "job")),
             [

@@ -32,6 +32,24 @@ def with_schema(name: str, schema: str) -> sql.SQL:
     return sql.SQL(read(name).replace(SCHEMA_PLACEHOLDER, quoted))
 
 
+@cache
+def queries(name: str) -> dict[str, str]:
+    """The named queries of a file, each headed by a ``-- name: <query>`` line."""
+    found: dict[str, str] = {}
+    current = None
+    for line in read(name).splitlines():
+        if line.startswith("-- name: "):
+            current = line.removeprefix("-- name: ").strip()
+            found[current] = ""
+        elif current is not None:
+            found[current] += line + "\n"
+    return {key: text.strip() for key, text in found.items()}
+
+
+def query(file: str, name: str) -> sql.SQL:
+    return sql.SQL(queries(file)[name])
+
+
 def digest(name: str) -> str:
     """Identifies the version of a file, so that install knows whether to upgrade."""
     return hashlib.sha256(read(name).encode()).hexdigest()[:16]

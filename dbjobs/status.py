@@ -1,18 +1,18 @@
-"""Read dbjobs' history and pg_cron's job table into a Report of each job's state."""
+"""Read dbjobs' history and pg_cron's tables into a Report of each job's state (SPEC section 5)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from . import cron, schedule
-from .config import Config
+from . import cron, schedule, sqlfiles
+from .config import Config, Job
 
-# A job's state -> its contribution to the overall status (SPEC section 5).
+# A job's state -> its contribution to the overall status.
 STATE_STATUS = {
     "ok": "pass",
     "pending": "pass",
@@ -22,6 +22,11 @@ STATE_STATUS = {
     "missing": "fail",
 }
 SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
+# How many of the server's latest pg_cron runs are searched for failures that
+# only pg_cron saw (it could not even start the job). Bounded so that status
+# stays cheap with millions of rows in cron.job_run_details.
+CRON_RUN_WINDOW = 5000
+STATEMENT_TIMEOUT = "2s"
 
 
 @dataclass
@@ -73,69 +78,60 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# Latest finished run and latest success per job: one probe each of the
-# (job, id DESC) indexes, whatever the size of the history.
-HISTORY = """
-SELECT j.name, last.started_at, last.status, last.error, last.rows_deleted,
-       extract(epoch FROM last.finished_at - last.started_at) * 1000,
-       success.finished_at
-  FROM unnest(%s::text[]) AS j(name)
-  LEFT JOIN LATERAL (
-        SELECT started_at, finished_at, status, error, rows_deleted FROM {run} r
-         WHERE r.job = j.name AND r.status IN ('succeeded', 'failed')
-         ORDER BY r.id DESC LIMIT 1) last ON true
-  LEFT JOIN LATERAL (
-        SELECT finished_at FROM {run} r
-         WHERE r.job = j.name AND r.status = 'succeeded'
-         ORDER BY r.id DESC LIMIT 1) success ON true
-"""
+@dataclass(frozen=True)
+class LastRun:
+    """One finished run, from dbjobs' history or from pg_cron's."""
+
+    at: datetime | None
+    finished_at: datetime | None
+    status: str
+    error: str | None = None
+    rows_deleted: int | None = None
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What the database says about one configured job."""
+
+    registered: cron.CronJob | None
+    installed_at: datetime | None
+    max_age: timedelta | None
+    last_run: LastRun | None
+    last_success_at: datetime | None
+    cron_failure: LastRun | None  # pg_cron's latest run of the job, when it failed
 
 
 def status(conn: psycopg.Connection[Any], config: Config) -> Report:
-    """Each configured job's state, and the overall pass / warn / fail."""
-    now = datetime.now(UTC)
-    names = [job.name for job in config.jobs]
+    """Each configured job's state, and the overall pass / warn / fail.
+
+    Bounded in time: each statement may take at most STATEMENT_TIMEOUT.
+    """
     with conn.transaction():
+        conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
         installed = _installed(conn, config.schema)
-        history = {}
-        if installed:
-            query = sql.SQL(HISTORY).format(run=sql.Identifier(config.schema, "run"))
-            history = {row[0]: row[1:] for row in conn.execute(query, [names]).fetchall()}
+        history = _history(conn, config) if installed else {}
         with cron.locate(conn, config, for_changes=False) as site:
+            with site.conn.transaction():
+                if not site.same_database:
+                    site.conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+                registered = site.jobs()
+                cron_failures = _cron_failures(site.conn, registered)
+                scheduler, now, grace = _scheduler(site.conn, config.grace)
             database = site.database
-            registered = site.jobs()
-            scheduler = _scheduler(site.conn)
 
     jobs = []
     for job in config.jobs:
-        cron_job = registered.get(job.name)
-        last_at, last_status, last_error, rows, duration, success_at = history.get(job.name, (None,) * 6)
-        if cron_job is None or not installed:
-            state = "missing"
-        elif not config.enabled or not cron_job.active:
-            state = "inactive"
-        elif last_status is None:
-            state = "pending"
-        elif last_status == "failed":
-            state = "failing"
-        else:
-            state = "ok"
-        jobs.append(
-            JobStatus(
-                name=job.name,
-                schedule=job.schedule,
-                active=bool(cron_job and cron_job.active),
-                state=state,
-                status=STATE_STATUS[state],
-                last_run_at=last_at,
-                last_run_status=last_status,
-                last_success_at=success_at,
-                last_error=last_error,
-                last_rows_deleted=rows,
-                last_duration_ms=round(float(duration), 1) if duration is not None else None,
-                next_run_at=schedule.next_fire(job.schedule, now) if state != "inactive" else None,
-            )
+        registered_job = registered.get(job.name)
+        installed_at, max_age, last_run, last_success_at = history.get(job.name, (None, None, None, None))
+        facts = JobFacts(
+            registered_job,
+            installed_at,
+            max_age,
+            last_run,
+            last_success_at,
+            cron_failures.get(registered_job.jobid) if registered_job else None,
         )
+        jobs.append(job_status(job, facts, config, now, grace, installed=installed))
 
     overall = max((j.status for j in jobs), key=SEVERITY.__getitem__, default="pass")
     if not installed or scheduler.running is False:
@@ -143,27 +139,117 @@ def status(conn: psycopg.Connection[Any], config: Config) -> Report:
     return Report(overall, now, database, scheduler, jobs, installed)
 
 
+def job_status(
+    job: Job, facts: JobFacts, config: Config, now: datetime, grace: timedelta, *, installed: bool
+) -> JobStatus:
+    """The state of one job from the facts (pure: no database)."""
+    last = facts.last_run
+    # A failure only pg_cron saw counts when it is newer than dbjobs' own latest
+    # run, or could not be placed in time at all (pg_cron never started it).
+    failure = facts.cron_failure
+    if failure and (last is None or failure.at is None or (last.finished_at or last.at or now) < failure.at):
+        last = failure
+
+    stale_at = _stale_at(job, facts, grace)
+    if facts.registered is None or not installed:
+        state = "missing"
+    elif not config.enabled or not facts.registered.active:
+        state = "inactive"
+    elif last is not None and last.status == "failed":
+        state = "failing"
+    elif stale_at is not None and now > stale_at:
+        state = "stale"
+    elif last is None:
+        state = "pending"
+    else:
+        state = "ok"
+
+    duration = None
+    if last is not None and last.at is not None and last.finished_at is not None:
+        duration = round((last.finished_at - last.at).total_seconds() * 1000, 1)
+    return JobStatus(
+        name=job.name,
+        schedule=job.schedule,
+        active=bool(facts.registered and facts.registered.active),
+        state=state,
+        status=STATE_STATUS[state],
+        last_run_at=last.at if last else None,
+        last_run_status=last.status if last else None,
+        last_success_at=facts.last_success_at,
+        last_error=last.error if last else None,
+        last_rows_deleted=last.rows_deleted if last else None,
+        last_duration_ms=duration,
+        next_run_at=schedule.next_fire(job.schedule, now) if state not in ("inactive", "missing") else None,
+        stale_at=stale_at if state not in ("inactive", "missing") else None,
+    )
+
+
+def _stale_at(job: Job, facts: JobFacts, grace: timedelta) -> datetime | None:
+    """When the job becomes stale without a new success.
+
+    Schedule-aware: the first fire time after the last success (or after the
+    install, when it never succeeded) plus ``grace``. With ``max_age``, the
+    last success (or install) plus that fixed bound instead.
+    """
+    since = facts.last_success_at or facts.installed_at
+    if since is None:
+        return None
+    if facts.max_age is not None:
+        return since + facts.max_age
+    due = schedule.next_fire(job.schedule, since)
+    if due is None:  # "N seconds" schedules (pg_cron 1.5+)
+        due = since + timedelta(seconds=int(job.schedule.split()[0]))
+    return due + grace
+
+
 def _installed(conn: psycopg.Connection[Any], schema: str) -> bool:
-    row = conn.execute("SELECT to_regclass(format('%%I.run', %s::text)) IS NOT NULL", [schema]).fetchone()
+    row = conn.execute("SELECT to_regclass(quote_ident(%s) || '.run') IS NOT NULL", [schema]).fetchone()
     return bool(row and row[0])
 
 
-def _scheduler(conn: psycopg.Connection[Any]) -> Scheduler:
-    row = conn.execute(
-        """
-        SELECT pg_is_in_recovery(),
-               EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'pg_cron scheduler'),
-               pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
-        """
-    ).fetchone()
-    assert row is not None
-    standby, seen, may_see = row
-    if standby:
-        return Scheduler(None, "hot standby: pg_cron's scheduler runs on the primary")
-    if seen:
-        return Scheduler(True, "pg_cron scheduler is running")
-    if not may_see:
-        return Scheduler(None, "cannot see pg_cron's scheduler: GRANT pg_read_all_stats to this role")
-    return Scheduler(
-        False, "pg_cron scheduler is not running: check shared_preload_libraries and restart PostgreSQL"
+def _history(
+    conn: psycopg.Connection[Any], config: Config
+) -> dict[str, tuple[datetime | None, timedelta | None, LastRun | None, datetime | None]]:
+    query = sqlfiles.query("status.sql", "job_history").format(
+        job=sql.Identifier(config.schema, "job"), run=sql.Identifier(config.schema, "run")
     )
+    rows = conn.execute(query, {"names": [job.name for job in config.jobs]}).fetchall()
+    history = {}
+    for name, installed_at, max_age, started, finished, status_, error, rows_deleted, success_at in rows:
+        last = LastRun(started, finished, status_, error, rows_deleted) if status_ else None
+        history[name] = (installed_at, max_age, last, success_at)
+    return history
+
+
+def _cron_failures(conn: psycopg.Connection[Any], registered: dict[str, cron.CronJob]) -> dict[int, LastRun]:
+    if not registered:
+        return {}
+    rows = conn.execute(
+        sqlfiles.query("status.sql", "cron_latest_runs"),
+        {"window": CRON_RUN_WINDOW, "jobids": [job.jobid for job in registered.values()]},
+    ).fetchall()
+    return {
+        jobid: LastRun(start or end, end, "failed", f"pg_cron: {message or 'failed'}")
+        for jobid, run_status, message, start, end in rows
+        if run_status == "failed"
+    }
+
+
+def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, datetime, timedelta]:
+    """pg_cron's launcher, and the server's clock (history timestamps come from it too)."""
+    row = conn.execute(sqlfiles.query("status.sql", "scheduler"), {"grace": grace}).fetchone()
+    assert row is not None
+    standby, seen, may_see, now, grace_interval = row
+    if standby:
+        scheduler = Scheduler(None, "hot standby: pg_cron's scheduler runs on the primary")
+    elif seen:
+        scheduler = Scheduler(True, "pg_cron scheduler is running")
+    elif not may_see:
+        scheduler = Scheduler(None, "cannot see pg_cron's scheduler: GRANT pg_read_all_stats to this role")
+    else:
+        scheduler = Scheduler(
+            False,
+            "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
+            "then restart PostgreSQL (pg_cron does not restart a launcher that was terminated)",
+        )
+    return scheduler, now, grace_interval
