@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -89,10 +90,19 @@ def _cmd_status(args: argparse.Namespace, dsn: str, config: Config) -> int:
     try:
         with connect(dsn, autocommit=True) as conn:
             report = status(conn, config)
-    except ConnectError as exc:
-        _fail(redact(str(exc), dsn), EXIT_UNKNOWN)
+    except (ConnectError, psycopg.OperationalError) as exc:
+        # Unknown, not failed: say so in the format the caller parses, then exit 3.
+        reason = redact(_one_line(exc), dsn)
+        if args.format == "prometheus":
+            print(formats.as_prometheus(None), end="")
+        elif args.format == "health":
+            print(json.dumps(formats.unknown_health(reason), indent=2))
+        _fail(reason, EXIT_UNKNOWN)
         return EXIT_UNKNOWN
-    print(formats.FORMATS[args.format](report))
+    if args.format == "text":
+        print(formats.as_text(report, colour=formats.use_colour(sys.stdout)))
+    else:
+        print(formats.FORMATS[args.format](report), end="" if args.format == "prometheus" else "\n")
     return SEVERITY[report.status]
 
 
