@@ -34,10 +34,12 @@ SELECT DISTINCT ON (d.jobid) d.jobid, d.status, d.return_message, d.start_time, 
  ORDER BY d.jobid, d.runid DESC;
 
 -- name: scheduler
--- Whether pg_cron's launcher is alive. application_name is visible for other
--- roles' sessions, backend_type is not (without pg_read_all_stats).
+-- Whether pg_cron's launcher is alive. application_name is visible in other
+-- roles' rows, backend_type is not (without pg_read_all_stats); the third
+-- column says whether this role can see other sessions at all.
 SELECT pg_is_in_recovery(),
        EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'pg_cron scheduler'),
-       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
+       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
+           OR EXISTS (SELECT FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND application_name IS NOT NULL),
        now(),
        %(grace)s::interval;
