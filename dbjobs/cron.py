@@ -156,24 +156,26 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
     held in a transaction of its own. Raises PrerequisiteError, naming pg_cron
     and the fix, when pg_cron cannot be found.
     """
-    database, role, has_ext, ext_version = _probe(conn)
-    if has_ext:
-        _require_usage(conn, role)
-        yield CronSite(conn, database, True, _version(ext_version))
+    here = _probe(conn)
+    database, role = here.database, here.role
+    if here.ext_version is not None:
+        here.require_usage()
+        yield CronSite(conn, database, True, _version(here.ext_version))
         return
 
     cron_dsn = config.cron_dsn or with_database(conn, _cron_database_name(conn) or "postgres")
     with connect(cron_dsn, autocommit=not for_changes) as cron_conn:
-        cron_db, _, has_ext, ext_version = _probe(cron_conn)
-        if not has_ext:
+        there = _probe(cron_conn)
+        cron_db = there.database
+        if there.ext_version is None:
             raise PrerequisiteError(
                 f"pg_cron is not installed in database {database!r} nor in {cron_db!r}: "
                 "add shared_preload_libraries = 'pg_cron' and cron.database_name to postgresql.conf, "
                 "restart, then run CREATE EXTENSION pg_cron in that database "
                 "(or set cron_dsn to where pg_cron lives)"
             )
-        _require_usage(cron_conn, role, hint=GRANT_HINT if for_changes else USAGE_HINT)
-        site = CronSite(cron_conn, database, False, _version(ext_version))
+        there.require_usage(GRANT_HINT if for_changes else USAGE_HINT)
+        site = CronSite(cron_conn, database, False, _version(there.ext_version))
         if not for_changes:
             yield site
             return
@@ -186,25 +188,31 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
             yield site
 
 
-def _require_usage(conn: psycopg.Connection[Any], role: str, hint: str = USAGE_HINT) -> None:
-    """pg_cron grants no USAGE on its schema to PUBLIC; without it nothing in cron.* can be reached."""
-    row = conn.execute("SELECT has_schema_privilege('cron', 'USAGE')").fetchone()
-    if not (row and row[0]):
-        database = conn.info.dbname
-        raise PrerequisiteError(
-            f"role {role!r} may not use pg_cron's schema in database {database!r}: " + hint.format(role=role)
-        )
+@dataclass(frozen=True)
+class _Probe:
+    database: str
+    role: str
+    ext_version: str | None  # pg_cron's, when the extension is in this database
+    usage: bool  # USAGE on schema cron, which pg_cron does not grant to PUBLIC
+
+    def require_usage(self, hint: str = USAGE_HINT) -> None:
+        if not self.usage:
+            raise PrerequisiteError(
+                f"role {self.role!r} may not use pg_cron's schema in database {self.database!r}: "
+                + hint.format(role=self.role)
+            )
 
 
-def _probe(conn: psycopg.Connection[Any]) -> tuple[str, str, bool, str | None]:
+def _probe(conn: psycopg.Connection[Any]) -> _Probe:
     row = conn.execute(
         """
         SELECT current_database(), current_user,
-               (SELECT extversion FROM pg_extension WHERE extname = 'pg_cron')
+               (SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'),
+               CASE WHEN to_regnamespace('cron') IS NOT NULL THEN has_schema_privilege('cron', 'USAGE') END
         """
     ).fetchone()
     assert row is not None
-    return row[0], row[1], row[2] is not None, row[2]
+    return _Probe(row[0], row[1], row[2], bool(row[3]))
 
 
 def _cron_database_name(conn: psycopg.Connection[Any]) -> str | None:

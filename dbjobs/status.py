@@ -25,7 +25,7 @@ SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
 # How many of the server's latest pg_cron runs are searched for failures that
 # only pg_cron saw (it could not even start the job). Bounded so that status
 # stays cheap with millions of rows in cron.job_run_details.
-CRON_RUN_WINDOW = 5000
+CRON_RUN_WINDOW = 2000
 STATEMENT_TIMEOUT = "2s"
 
 
@@ -107,16 +107,15 @@ def status(conn: psycopg.Connection[Any], config: Config) -> Report:
     Bounded in time: each statement may take at most STATEMENT_TIMEOUT.
     """
     with conn.transaction():
-        conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        _bound(conn)
         installed = _installed(conn, config.schema)
         history = _history(conn, config) if installed else {}
         with cron.locate(conn, config, for_changes=False) as site:
-            with site.conn.transaction():
-                if not site.same_database:
-                    site.conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
-                registered = site.jobs()
-                cron_failures = _cron_failures(site.conn, registered)
-                scheduler, now, grace = _scheduler(site.conn, config.grace)
+            if not site.same_database:
+                _bound(site.conn)
+            registered = site.jobs()
+            scheduler, now, grace, last_runid = _scheduler(site.conn, config.grace)
+            cron_failures = _cron_failures(site.conn, registered, last_runid)
             database = site.database
 
     jobs = []
@@ -202,6 +201,14 @@ def _stale_at(job: Job, facts: JobFacts, grace: timedelta) -> datetime | None:
     return due + grace
 
 
+def _bound(conn: psycopg.Connection[Any]) -> None:
+    """Keep a health check cheap and bounded: a statement timeout, and no parallel workers to start."""
+    conn.execute(
+        f"SET {'LOCAL ' if conn.info.transaction_status else ''}statement_timeout = '{STATEMENT_TIMEOUT}';"
+        f"SET {'LOCAL ' if conn.info.transaction_status else ''}max_parallel_workers_per_gather = 0"
+    )
+
+
 def _installed(conn: psycopg.Connection[Any], schema: str) -> bool:
     row = conn.execute("SELECT to_regclass(quote_ident(%s) || '.run') IS NOT NULL", [schema]).fetchone()
     return bool(row and row[0])
@@ -221,12 +228,14 @@ def _history(
     return history
 
 
-def _cron_failures(conn: psycopg.Connection[Any], registered: dict[str, cron.CronJob]) -> dict[int, LastRun]:
+def _cron_failures(
+    conn: psycopg.Connection[Any], registered: dict[str, cron.CronJob], last_runid: int
+) -> dict[int, LastRun]:
     if not registered:
         return {}
     rows = conn.execute(
         sqlfiles.query("status.sql", "cron_latest_runs"),
-        {"window": CRON_RUN_WINDOW, "jobids": [job.jobid for job in registered.values()]},
+        {"floor": last_runid - CRON_RUN_WINDOW, "jobids": [job.jobid for job in registered.values()]},
     ).fetchall()
     return {
         jobid: LastRun(start or end, end, "failed", f"pg_cron: {message or 'failed'}")
@@ -235,11 +244,11 @@ def _cron_failures(conn: psycopg.Connection[Any], registered: dict[str, cron.Cro
     }
 
 
-def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, datetime, timedelta]:
-    """pg_cron's launcher, and the server's clock (history timestamps come from it too)."""
+def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, datetime, timedelta, int]:
+    """pg_cron's launcher, the server's clock (the history's too) and pg_cron's latest runid."""
     row = conn.execute(sqlfiles.query("status.sql", "scheduler"), {"grace": grace}).fetchone()
     assert row is not None
-    standby, seen, may_see, now, grace_interval = row
+    standby, seen, may_see, now, grace_interval, last_runid = row
     if standby:
         scheduler = Scheduler(None, "hot standby: pg_cron's scheduler runs on the primary")
     elif seen:
@@ -252,4 +261,4 @@ def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, da
             "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
             "then restart PostgreSQL (pg_cron does not restart a launcher that was terminated)",
         )
-    return scheduler, now, grace_interval
+    return scheduler, now, grace_interval, int(last_runid)

@@ -21,15 +21,17 @@ SELECT n.name,
 
 -- name: cron_latest_runs
 -- pg_cron's latest run of each of dbjobs' jobs, looking only at the server's
--- latest runs (a window of a few thousand). cron.job_run_details is indexed on runid alone (and on
+-- latest runs (a window of two thousand). cron.job_run_details is indexed on runid alone (and on
 -- managed services nobody may add an index), so a per-job "latest row" would
 -- scan the whole table backwards for a job that has not run lately. The
 -- sequence is read instead of max(runid), which row-level security could turn
--- into a full scan too. A run pg_cron could not even start (connection failed)
--- is only recorded here; older failures show up as staleness anyway.
+-- into a full scan too, and passed in as a value (not a subquery) so that the
+-- planner sees how few rows the range holds. A run pg_cron could not even
+-- start (connection failed) is only recorded here; older failures show up as
+-- staleness anyway.
 SELECT DISTINCT ON (d.jobid) d.jobid, d.status, d.return_message, d.start_time, d.end_time
   FROM cron.job_run_details d
- WHERE d.runid > (SELECT last_value FROM cron.runid_seq) - %(window)s
+ WHERE d.runid > %(floor)s
    AND d.jobid = ANY(%(jobids)s::bigint[])
  ORDER BY d.jobid, d.runid DESC;
 
@@ -42,4 +44,5 @@ SELECT pg_is_in_recovery(),
        pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
            OR EXISTS (SELECT FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND application_name IS NOT NULL),
        now(),
-       %(grace)s::interval;
+       %(grace)s::interval,
+       (SELECT last_value FROM cron.runid_seq);

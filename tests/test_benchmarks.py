@@ -1,0 +1,24 @@
+"""The benchmarks keep working: each runs at a small size (its timings are not judged here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_status_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "status.py"), "--rows", "5000", "--repeat", "20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "5,000 rows of another job" in lines[0]
+    assert lines[1].startswith("dbjobs.status()") and "p95" in lines[1]
+    assert lines[2].startswith("naive GROUP BY jobid")
+    assert lines[3].startswith("ratio: naive p95 / status p95 = ")
