@@ -84,10 +84,11 @@ def test_server_that_never_answers_times_out() -> None:
         listener.listen(8)
         port = listener.getsockname()[1]
         started = time.monotonic()
-        result = _dbjobs("--dsn", f"host=127.0.0.1 port={port} dbname=app connect_timeout=2", "status")
+        # No connect_timeout in the DSN: dbjobs' own default (5 s) applies, never libpq's "forever".
+        result = _dbjobs("--dsn", f"host=127.0.0.1 port={port} dbname=app", "status")
         elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stderr
-    assert elapsed < 8
+    assert 4 < elapsed < 9
     assert "cannot connect" in result.stderr
 
 
@@ -102,3 +103,22 @@ def test_debug_shows_the_traceback() -> None:
     result = _dbjobs("--debug", "--dsn", f"host=127.0.0.1 port={_closed_port()}", "install")
     assert result.returncode == 1
     assert "Traceback" in result.stderr
+
+
+def test_status_behind_a_lock_is_unknown_within_the_statement_timeout(
+    app_separate: AppDb, dbjobs_cli
+) -> None:
+    import psycopg
+
+    app = app_separate
+    app.execute(DEFAULT_TABLES)
+    assert dbjobs_cli("--dsn", app.dsn, "install").code == 0
+    with psycopg.connect(app.dsn) as blocker:
+        blocker.execute("LOCK TABLE dbjobs.run IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = dbjobs_cli("--dsn", app.dsn, "status", "--format", "json")
+        elapsed = time.monotonic() - started
+    assert result.code == 3
+    assert "statement timeout" in result.err
+    assert elapsed < 5
+    assert dbjobs_cli("--dsn", app.dsn, "status").code == 0
