@@ -17,11 +17,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import sqlfiles
 from .config import Config
 from .connection import connect, with_database
 from .errors import PrerequisiteError
 
 NAME_PREFIX = "dbjobs:"
+# dbjobs' own job, which prunes pg_cron's history; configured job names start
+# with a letter, so this one never collides with them.
+MAINTENANCE_JOB = "_maintenance"
+MAINTENANCE_SCHEDULE = "47 * * * *"
 SCHEDULE_IN_DATABASE = "cron.schedule_in_database(text,text,text,text,text,boolean)"
 ALTER_JOB = "cron.alter_job(bigint,text,text,text,text,boolean)"
 MAX_JOBNAME_BYTES = 63  # pg_cron before 1.5 cuts job names to NAMEDATALEN - 1
@@ -45,6 +50,7 @@ class CronSite:
     database: str
     same_database: bool
     version: tuple[int, ...]
+    cron_database: str
 
     def job_name(self, job: str) -> str:
         return cron_job_name(self.database, job)
@@ -55,10 +61,10 @@ class CronSite:
             """
             SELECT jobid, jobname, schedule, command, database, active
               FROM cron.job
-             WHERE database = %s AND left(jobname, length(%s)) = %s
+             WHERE (database = %s OR jobname = %s) AND left(jobname, length(%s)) = %s
              ORDER BY jobid
             """,
-            [self.database, NAME_PREFIX, NAME_PREFIX],
+            [self.database, self.job_name(MAINTENANCE_JOB), NAME_PREFIX, NAME_PREFIX],
         ).fetchall()
         jobs = {}
         for row in rows:
@@ -70,6 +76,7 @@ class CronSite:
         return jobs
 
     def schedule(self, job: str, schedule: str, command: str, active: bool) -> int:
+        """Create a job: in the application's database, but dbjobs' maintenance job in pg_cron's own."""
         if self.same_database:
             row = self.conn.execute(
                 "SELECT cron.schedule(job_name => %s, schedule => %s, command => %s)",
@@ -84,7 +91,13 @@ class CronSite:
             SELECT cron.schedule_in_database(job_name => %s, schedule => %s, command => %s,
                                              database => %s, active => %s)
             """,
-            [self.job_name(job), schedule, command, self.database, active],
+            [
+                self.job_name(job),
+                schedule,
+                command,
+                self.cron_database if job == MAINTENANCE_JOB else self.database,
+                active,
+            ],
         ).fetchone()
         assert row is not None
         return int(row[0])
@@ -134,6 +147,17 @@ def cron_job_name(database: str, job: str) -> str:
     return name
 
 
+def maintenance_command(database: str, retention: str) -> str:
+    """The SQL that pg_cron runs for dbjobs' maintenance job (sql/maintenance.sql)."""
+    text = sqlfiles.read("maintenance.sql")
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+    return body.strip().format(
+        database=sql.Literal(database).as_string(None),
+        maintenance_job=sql.Literal(cron_job_name(database, MAINTENANCE_JOB)).as_string(None),
+        retention=sql.Literal(retention).as_string(None),
+    )
+
+
 def command(schema: str, job: str) -> str:
     """The SQL that pg_cron runs for a job."""
     return f"CALL {sql.Identifier(schema).as_string(None)}.run_job({sql.Literal(job).as_string(None)})"
@@ -160,7 +184,7 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
     database, role = here.database, here.role
     if here.ext_version is not None:
         here.require_usage()
-        yield CronSite(conn, database, True, _version(here.ext_version))
+        yield CronSite(conn, database, True, _version(here.ext_version), database)
         return
 
     cron_dsn = config.cron_dsn or with_database(conn, _cron_database_name(conn) or "postgres")
@@ -175,7 +199,7 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
                 "(or set cron_dsn to where pg_cron lives)"
             )
         there.require_usage(GRANT_HINT if for_changes else USAGE_HINT)
-        site = CronSite(cron_conn, database, False, _version(there.ext_version))
+        site = CronSite(cron_conn, database, False, _version(there.ext_version), cron_db)
         if not for_changes:
             yield site
             return

@@ -104,6 +104,7 @@ def install(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fa
             )
             cron_jobs = site.jobs()
             _plan_jobs(plan, config, jobs, installed, cron_jobs)
+            _plan_maintenance(plan, config, site, cron_jobs)
             _require_alter(site, config, jobs, cron_jobs)
             if plan.changed and not dry_run:
                 _apply(conn, site, config, plan, jobs, cron_jobs, apply_schema=schema_change is not None)
@@ -203,11 +204,31 @@ def _plan_jobs(
         )
         if diffs:
             plan.changes.append(Change("update", "job", job.name, ", ".join(diffs)))
-    configured = {job.name for job in jobs}
+    configured = {job.name for job in jobs} | {cron.MAINTENANCE_JOB}
     for name in sorted((set(installed) | set(cron_jobs)) - configured):
         registered = cron_jobs.get(name)
         detail = f"pg_cron job {registered.jobid} ({registered.jobname})" if registered else "not in pg_cron"
         plan.changes.append(Change("remove", "job", name, detail))
+
+
+def _plan_maintenance(
+    plan: Plan, config: Config, site: cron.CronSite, cron_jobs: dict[str, cron.CronJob]
+) -> None:
+    """dbjobs' own job that prunes pg_cron's history of dbjobs' jobs (pg_cron never does)."""
+    registered = cron_jobs.get(cron.MAINTENANCE_JOB)
+    command = cron.maintenance_command(site.database, config.history_retention)
+    if registered is None:
+        detail = (
+            f"prune pg_cron's history of these jobs older than {config.history_retention}, "
+            f"schedule '{cron.MAINTENANCE_SCHEDULE}' in database {site.cron_database}"
+        )
+        plan.changes.append(Change("create", "job", cron.MAINTENANCE_JOB, detail))
+    else:
+        diffs = _cron_diffs(registered, cron.MAINTENANCE_SCHEDULE, command, True)
+        if registered.command != command:  # say what changed, not the whole statement
+            diffs = [d if not d.startswith("command") else "history_retention changed" for d in diffs]
+        if diffs:
+            plan.changes.append(Change("update", "job", cron.MAINTENANCE_JOB, ", ".join(diffs)))
 
 
 def _cron_diffs(registered: cron.CronJob | None, schedule: str, command: str, active: bool) -> list[str]:
@@ -254,13 +275,19 @@ def _apply(
     schema = config.schema
     if apply_schema:
         conn.execute(sqlfiles.with_schema(SCHEMA_FILE, schema))
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (key, value) VALUES ('sql_digest', %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            ).format(sql.Identifier(schema, "meta")),
-            [sqlfiles.digest(SCHEMA_FILE)],
-        )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (key, value) VALUES ('sql_digest', %s), ('history_retention', %s), "
+            "('installed_at', now()::text) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        ).format(sql.Identifier(schema, "meta")),
+        [sqlfiles.digest(SCHEMA_FILE), config.history_retention],
+    )
+    maintenance = cron_jobs.get(cron.MAINTENANCE_JOB)
+    command = cron.maintenance_command(site.database, config.history_retention)
+    if maintenance is None:
+        site.schedule(cron.MAINTENANCE_JOB, cron.MAINTENANCE_SCHEDULE, command, True)
+    elif _cron_diffs(maintenance, cron.MAINTENANCE_SCHEDULE, command, True):
+        site.update(maintenance, cron.MAINTENANCE_SCHEDULE, command, True)
     changed = {c.name for c in plan.changes if c.kind == "job"}
     for job in jobs:
         if job.name not in changed:

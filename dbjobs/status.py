@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -115,22 +116,27 @@ def status(conn: psycopg.Connection[Any], config: Config) -> Report:
                 _bound(site.conn)
             registered = site.jobs()
             scheduler, now, grace, last_runid = _scheduler(site.conn, config.grace)
-            cron_failures = _cron_failures(site.conn, registered, last_runid)
+            cron_runs = _cron_latest(site.conn, registered, last_runid)
             database = site.database
+
+    def facts_of(name: str) -> tuple[cron.CronJob | None, LastRun | None, tuple[Any, ...]]:
+        registered_job = registered.get(name)
+        cron_run = cron_runs.get(registered_job.jobid) if registered_job else None
+        return registered_job, cron_run, history.get(name, (None, None, None, None))
 
     jobs = []
     for job in config.jobs:
-        registered_job = registered.get(job.name)
-        installed_at, max_age, last_run, last_success_at = history.get(job.name, (None, None, None, None))
-        facts = JobFacts(
-            registered_job,
-            installed_at,
-            max_age,
-            last_run,
-            last_success_at,
-            cron_failures.get(registered_job.jobid) if registered_job else None,
-        )
-        jobs.append(job_status(job, facts, config, now, grace, installed=installed))
+        registered_job, cron_run, (installed_at, max_age, last_run, last_success_at) = facts_of(job.name)
+        failure = cron_run if cron_run and cron_run.status == "failed" else None
+        facts = JobFacts(registered_job, installed_at, max_age, last_run, last_success_at, failure)
+        jobs.append(job_status(job, facts, now, grace, enabled=config.enabled, installed=installed))
+
+    # dbjobs' maintenance job runs plain SQL, so pg_cron's history is its only history.
+    registered_job, cron_run, (installed_at, *_) = facts_of(cron.MAINTENANCE_JOB)
+    success_at = cron_run.finished_at if cron_run and cron_run.status == "succeeded" else None
+    facts = JobFacts(registered_job, installed_at, None, cron_run, success_at, None)
+    maintenance = Job(cron.MAINTENANCE_JOB, "", (), config.history_retention, cron.MAINTENANCE_SCHEDULE)
+    jobs.append(job_status(maintenance, facts, now, grace, enabled=True, installed=installed))
 
     overall = max((j.status for j in jobs), key=SEVERITY.__getitem__, default="pass")
     if not installed or scheduler.running is False:
@@ -139,7 +145,7 @@ def status(conn: psycopg.Connection[Any], config: Config) -> Report:
 
 
 def job_status(
-    job: Job, facts: JobFacts, config: Config, now: datetime, grace: timedelta, *, installed: bool
+    job: Job, facts: JobFacts, now: datetime, grace: timedelta, *, enabled: bool, installed: bool
 ) -> JobStatus:
     """The state of one job from the facts (pure: no database)."""
     last = facts.last_run
@@ -152,7 +158,7 @@ def job_status(
     stale_at = _stale_at(job, facts, grace)
     if facts.registered is None or not installed:
         state = "missing"
-    elif not config.enabled or not facts.registered.active:
+    elif not enabled or not facts.registered.active:
         state = "inactive"
     elif last is not None and last.status == "failed":
         state = "failing"
@@ -218,9 +224,12 @@ def _history(
     conn: psycopg.Connection[Any], config: Config
 ) -> dict[str, tuple[datetime | None, timedelta | None, LastRun | None, datetime | None]]:
     query = sqlfiles.query("status.sql", "job_history").format(
-        job=sql.Identifier(config.schema, "job"), run=sql.Identifier(config.schema, "run")
+        job=sql.Identifier(config.schema, "job"),
+        run=sql.Identifier(config.schema, "run"),
+        meta=sql.Identifier(config.schema, "meta"),
     )
-    rows = conn.execute(query, {"names": [job.name for job in config.jobs]}).fetchall()
+    names = [job.name for job in config.jobs] + [cron.MAINTENANCE_JOB]
+    rows = conn.execute(query, {"names": names}).fetchall()
     history = {}
     for name, installed_at, max_age, started, finished, status_, error, rows_deleted, success_at in rows:
         last = LastRun(started, finished, status_, error, rows_deleted) if status_ else None
@@ -228,20 +237,22 @@ def _history(
     return history
 
 
-def _cron_failures(
+def _cron_latest(
     conn: psycopg.Connection[Any], registered: dict[str, cron.CronJob], last_runid: int
 ) -> dict[int, LastRun]:
+    """pg_cron's latest finished run of each job, among the server's latest CRON_RUN_WINDOW runs."""
     if not registered:
         return {}
     rows = conn.execute(
         sqlfiles.query("status.sql", "cron_latest_runs"),
         {"floor": last_runid - CRON_RUN_WINDOW, "jobids": [job.jobid for job in registered.values()]},
     ).fetchall()
-    return {
-        jobid: LastRun(start or end, end, "failed", f"pg_cron: {message or 'failed'}")
-        for jobid, run_status, message, start, end in rows
-        if run_status == "failed"
-    }
+    latest = {}
+    for jobid, run_status, message, start, end in rows:
+        error = f"pg_cron: {message or 'failed'}" if run_status == "failed" else None
+        deleted = re.fullmatch(r"DELETE (\d+)", message or "")  # the command tag of a plain DELETE
+        latest[jobid] = LastRun(start or end, end, run_status, error, int(deleted[1]) if deleted else None)
+    return latest
 
 
 def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, datetime, timedelta, int]:

@@ -169,7 +169,9 @@ END
 $$;
 
 
--- Closes a run as succeeded (error IS NULL) or failed, and releases its lock.
+-- Closes a run as succeeded (error IS NULL) or failed, releases its lock, and
+-- prunes this job's history older than history_retention (set by install), so
+-- that the history never grows without bound.
 CREATE OR REPLACE FUNCTION @schema@.finish_run(run_id bigint, failure text)
 RETURNS void
 LANGUAGE plpgsql
@@ -185,6 +187,9 @@ BEGIN
      WHERE id = run_id
     RETURNING job INTO job_name;
     PERFORM pg_advisory_unlock(hashtext('dbjobs.run'), hashtext(job_name));
+    DELETE FROM @schema@.run
+     WHERE job = job_name
+       AND started_at < now() - (SELECT value::interval FROM @schema@.meta WHERE key = 'history_retention');
 END
 $$;
 

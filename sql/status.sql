@@ -3,7 +3,8 @@
 -- success: one probe each of the (job, id DESC) indexes, whatever the size of
 -- the history.
 SELECT n.name,
-       j.installed_at, j.max_age,
+       coalesce(j.installed_at, (SELECT value::timestamptz FROM {meta} WHERE key = 'installed_at')),
+       j.max_age,
        last.started_at, last.finished_at, last.status, last.error, last.rows_deleted,
        success.finished_at
   FROM unnest(%(names)s::text[]) AS n(name)
@@ -20,7 +21,7 @@ SELECT n.name,
          ORDER BY r.id DESC LIMIT 1) success ON true;
 
 -- name: cron_latest_runs
--- pg_cron's latest run of each of dbjobs' jobs, looking only at the server's
+-- pg_cron's latest finished run of each of dbjobs' jobs, looking only at the server's
 -- latest runs (a window of two thousand). cron.job_run_details is indexed on runid alone (and on
 -- managed services nobody may add an index), so a per-job "latest row" would
 -- scan the whole table backwards for a job that has not run lately. The
@@ -33,6 +34,7 @@ SELECT DISTINCT ON (d.jobid) d.jobid, d.status, d.return_message, d.start_time, 
   FROM cron.job_run_details d
  WHERE d.runid > %(floor)s
    AND d.jobid = ANY(%(jobids)s::bigint[])
+   AND d.status IN ('succeeded', 'failed')
  ORDER BY d.jobid, d.runid DESC;
 
 -- name: scheduler

@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from dbjobs import cli
+from dbjobs.cron import MAINTENANCE_JOB, cron_job_name
 from dbjobs.devserver import ThrowawayServer
 from tests import servers
 
@@ -69,11 +70,18 @@ class AppDb:
             return cur.fetchall() if cur.description else []
 
     def cron_jobs(self) -> list[tuple[Any, ...]]:
-        """(jobid, jobname, schedule, command, active) of this database's pg_cron jobs."""
+        """(jobid, jobname, schedule, command, active) of this database's cleanup jobs in pg_cron."""
         return self.cron(
             "SELECT jobid, jobname, schedule, command, active FROM cron.job"
-            " WHERE database = %s ORDER BY jobname",
+            " WHERE database = %s AND jobname NOT LIKE '%%:\\_maintenance' ORDER BY jobname",
             [self.database],
+        )
+
+    def maintenance_job(self) -> list[tuple[Any, ...]]:
+        """(jobid, database, schedule, command, active) of dbjobs' maintenance job for this database."""
+        return self.cron(
+            "SELECT jobid, database, schedule, command, active FROM cron.job WHERE jobname = %s",
+            [cron_job_name(self.database, MAINTENANCE_JOB)],
         )
 
     def count(self, table: str, where: str = "true") -> int:

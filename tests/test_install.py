@@ -20,7 +20,8 @@ def test_default_jobs_delete_exactly_the_expired_rows(default_tables: AppDb, dbj
 
     installed = dbjobs_cli("--dsn", app.dsn, "install")
     assert installed.code == 0, installed.err
-    assert installed.out.count("create job") == 4
+    assert installed.out.count("create job") == 5
+    assert "create job _maintenance: prune pg_cron's history of these jobs older than 7 days" in installed.out
 
     ran = dbjobs_cli("--dsn", app.dsn, "run", "--all")
     assert ran.code == 0, ran.err
@@ -31,7 +32,7 @@ def test_default_jobs_delete_exactly_the_expired_rows(default_tables: AppDb, dbj
 
     report = json.loads(dbjobs_cli("--dsn", app.dsn, "status", "--format", "json").out)
     by_name = {job["name"]: job for job in report["jobs"]}
-    assert set(by_name) == set(EXPECTED_DELETED)
+    assert set(by_name) == set(EXPECTED_DELETED) | {"_maintenance"}
     for job, deleted in EXPECTED_DELETED.items():
         assert by_name[job]["state"] == "ok"
         assert by_name[job]["last_run_status"] == "succeeded"
@@ -85,7 +86,7 @@ def test_dry_run_changes_nothing(default_tables: AppDb, dbjobs_cli, write_config
     app = default_tables
     planned = dbjobs_cli("--dsn", app.dsn, "install", "--dry-run")
     assert planned.code == 0
-    assert planned.out.count("create job") == 4
+    assert planned.out.count("create job") == 5
     assert "dry run: nothing was changed" in planned.out
     assert "dbjobs" not in app.schemas()
     assert app.cron_jobs() == []
@@ -195,7 +196,10 @@ def test_disabled_jobs_stay_installed_but_inactive(default_tables: AppDb, dbjobs
     report = json.loads(
         dbjobs_cli("--dsn", app.dsn, "status", "--format", "json", env={"JOB_ENABLE_CLEANUP": "false"}).out
     )
-    assert {job["state"] for job in report["jobs"]} == {"inactive"}
+    assert {job["name"]: job["state"] for job in report["jobs"]} == {
+        **dict.fromkeys(EXPECTED_DELETED, "inactive"),
+        "_maintenance": "pending",  # history pruning goes on
+    }
 
     jobids = [j[0] for j in app.cron_jobs()]
     on = dbjobs_cli("--dsn", app.dsn, "install")

@@ -51,7 +51,7 @@ def test_wheel_ships_the_sql_and_works_outside_the_checkout(app_separate: AppDb,
     )
     install = in_venv("dbjobs", "install")
     assert install.returncode == 0, install.stderr
-    assert install.stdout.count("create job") == 4
+    assert install.stdout.count("create job") == 5
     run = in_venv("dbjobs", "run", "login_attempts")
     assert run.returncode == 0, run.stderr
     assert "login_attempts: deleted 1 row " in run.stdout
