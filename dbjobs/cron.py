@@ -51,6 +51,7 @@ class CronSite:
     same_database: bool
     version: tuple[int, ...]
     cron_database: str
+    usage: bool = True  # USAGE on schema cron, which pg_cron does not grant to PUBLIC
 
     def job_name(self, job: str) -> str:
         return cron_job_name(self.database, job)
@@ -183,8 +184,9 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
     here = _probe(conn)
     database, role = here.database, here.role
     if here.ext_version is not None:
-        here.require_usage()
-        yield CronSite(conn, database, True, _version(here.ext_version), database)
+        if for_changes:
+            here.require_usage()
+        yield CronSite(conn, database, True, _version(here.ext_version), database, here.usage)
         return
 
     cron_dsn = config.cron_dsn or with_database(conn, _cron_database_name(conn) or "postgres")
@@ -198,11 +200,11 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
                 "restart, then run CREATE EXTENSION pg_cron in that database "
                 "(or set cron_dsn to where pg_cron lives)"
             )
-        there.require_usage(GRANT_HINT if for_changes else USAGE_HINT)
-        site = CronSite(cron_conn, database, False, _version(there.ext_version), cron_db)
+        site = CronSite(cron_conn, database, False, _version(there.ext_version), cron_db, there.usage)
         if not for_changes:
             yield site
             return
+        there.require_usage(GRANT_HINT)
         if not site.may_execute(SCHEDULE_IN_DATABASE, ALTER_JOB):
             raise PrerequisiteError(
                 f"pg_cron runs in database {cron_db!r}, so role {role!r} needs to schedule jobs in "

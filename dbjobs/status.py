@@ -34,7 +34,7 @@ STATEMENT_TIMEOUT = "2s"
 class JobStatus:
     name: str
     schedule: str
-    active: bool
+    active: bool | None
     state: str
     status: str
     last_run_at: datetime | None = None
@@ -105,38 +105,53 @@ class JobFacts:
 def status(conn: psycopg.Connection[Any], config: Config) -> Report:
     """Each configured job's state, and the overall pass / warn / fail.
 
-    Bounded in time: each statement may take at most STATEMENT_TIMEOUT.
+    Bounded in time: each statement may take at most STATEMENT_TIMEOUT. Works
+    for the role that installed dbjobs and for a monitoring role granted the
+    status functions (see sql/schema.sql).
     """
+    names = [job.name for job in config.jobs] + [cron.MAINTENANCE_JOB]
     with conn.transaction():
         _bound(conn)
-        installed = _installed(conn, config.schema)
-        history = _history(conn, config) if installed else {}
+        installed, direct = _installed(conn, config.schema)
+        history = _history(conn, config.schema, names) if installed else {}
         with cron.locate(conn, config, for_changes=False) as site:
             if not site.same_database:
                 _bound(site.conn)
-            registered = site.jobs()
-            scheduler, now, grace, last_runid = _scheduler(site.conn, config.grace)
-            cron_runs = _cron_latest(site.conn, registered, last_runid)
+            scheduler, now, grace = _scheduler(site.conn, config.grace)
+            jobnames = {site.job_name(name): name for name in names}
+            registered: dict[str, cron.CronJob] | None = {}
+            cron_runs: dict[str, LastRun] = {}
+            if not installed:
+                pass
+            elif site.same_database:
+                registered, cron_runs = _cron_facts(conn, config.schema, jobnames)
+            elif direct and site.usage:
+                registered = site.jobs()
+                cron_runs = _cron_latest(site.conn, registered)
+            else:  # a monitoring role cannot see pg_cron's rows in another database
+                registered, cron_runs = None, {}
             database = site.database
 
     def facts_of(name: str) -> tuple[cron.CronJob | None, LastRun | None, tuple[Any, ...]]:
-        registered_job = registered.get(name)
-        cron_run = cron_runs.get(registered_job.jobid) if registered_job else None
-        return registered_job, cron_run, history.get(name, (None, None, None, None))
+        registered_job = registered.get(name) if registered is not None else None
+        return registered_job, cron_runs.get(name), history.get(name, (None, None, None, None))
 
     jobs = []
+    known = registered is not None
     for job in config.jobs:
         registered_job, cron_run, (installed_at, max_age, last_run, last_success_at) = facts_of(job.name)
         failure = cron_run if cron_run and cron_run.status == "failed" else None
         facts = JobFacts(registered_job, installed_at, max_age, last_run, last_success_at, failure)
-        jobs.append(job_status(job, facts, now, grace, enabled=config.enabled, installed=installed))
+        jobs.append(
+            job_status(job, facts, now, grace, enabled=config.enabled, installed=installed, known=known)
+        )
 
     # dbjobs' maintenance job runs plain SQL, so pg_cron's history is its only history.
     registered_job, cron_run, (installed_at, *_) = facts_of(cron.MAINTENANCE_JOB)
     success_at = cron_run.finished_at if cron_run and cron_run.status == "succeeded" else None
     facts = JobFacts(registered_job, installed_at, None, cron_run, success_at, None)
     maintenance = Job(cron.MAINTENANCE_JOB, "", (), config.history_retention, cron.MAINTENANCE_SCHEDULE)
-    jobs.append(job_status(maintenance, facts, now, grace, enabled=True, installed=installed))
+    jobs.append(job_status(maintenance, facts, now, grace, enabled=True, installed=installed, known=known))
 
     overall = max((j.status for j in jobs), key=SEVERITY.__getitem__, default="pass")
     if not installed or scheduler.running is False:
@@ -145,9 +160,21 @@ def status(conn: psycopg.Connection[Any], config: Config) -> Report:
 
 
 def job_status(
-    job: Job, facts: JobFacts, now: datetime, grace: timedelta, *, enabled: bool, installed: bool
+    job: Job,
+    facts: JobFacts,
+    now: datetime,
+    grace: timedelta,
+    *,
+    enabled: bool,
+    installed: bool,
+    known: bool = True,
 ) -> JobStatus:
-    """The state of one job from the facts (pure: no database)."""
+    """The state of one job from the facts (pure: no database).
+
+    ``known`` is false when pg_cron's rows could not be read (a monitoring role,
+    pg_cron in another database): registration is then taken on trust and
+    staleness still catches a job that does not run.
+    """
     last = facts.last_run
     # A failure only pg_cron saw counts when it is newer than dbjobs' own latest
     # run, or could not be placed in time at all (pg_cron never started it).
@@ -156,9 +183,10 @@ def job_status(
         last = failure
 
     stale_at = _stale_at(job, facts, grace)
-    if facts.registered is None or not installed:
+    active = facts.registered.active if facts.registered else (enabled if not known else False)
+    if not installed or (known and facts.registered is None):
         state = "missing"
-    elif not enabled or not facts.registered.active:
+    elif not enabled or not active:
         state = "inactive"
     elif last is not None and last.status == "failed":
         state = "failing"
@@ -175,7 +203,7 @@ def job_status(
     return JobStatus(
         name=job.name,
         schedule=job.schedule,
-        active=bool(facts.registered and facts.registered.active),
+        active=active if known else None,
         state=state,
         status=STATE_STATUS[state],
         last_run_at=last.at if last else None,
@@ -215,21 +243,18 @@ def _bound(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-def _installed(conn: psycopg.Connection[Any], schema: str) -> bool:
-    row = conn.execute("SELECT to_regclass(quote_ident(%s) || '.run') IS NOT NULL", [schema]).fetchone()
-    return bool(row and row[0])
+def _installed(conn: psycopg.Connection[Any], schema: str) -> tuple[bool, bool]:
+    """(dbjobs is installed, this role may read pg_cron's rows of dbjobs' jobs directly)."""
+    row = conn.execute(sqlfiles.query("status.sql", "installed"), {"schema": schema}).fetchone()
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
 
 
 def _history(
-    conn: psycopg.Connection[Any], config: Config
+    conn: psycopg.Connection[Any], schema: str, names: list[str]
 ) -> dict[str, tuple[datetime | None, timedelta | None, LastRun | None, datetime | None]]:
-    query = sqlfiles.query("status.sql", "job_history").format(
-        job=sql.Identifier(config.schema, "job"),
-        run=sql.Identifier(config.schema, "run"),
-        meta=sql.Identifier(config.schema, "meta"),
-    )
-    names = [job.name for job in config.jobs] + [cron.MAINTENANCE_JOB]
-    rows = conn.execute(query, {"names": names}).fetchall()
+    rows = conn.execute(
+        sql.SQL("SELECT * FROM {}(%s)").format(sql.Identifier(schema, "status_history")), [names]
+    ).fetchall()
     history = {}
     for name, installed_at, max_age, started, finished, status_, error, rows_deleted, success_at in rows:
         last = LastRun(started, finished, status_, error, rows_deleted) if status_ else None
@@ -237,29 +262,50 @@ def _history(
     return history
 
 
-def _cron_latest(
-    conn: psycopg.Connection[Any], registered: dict[str, cron.CronJob], last_runid: int
-) -> dict[int, LastRun]:
-    """pg_cron's latest finished run of each job, among the server's latest CRON_RUN_WINDOW runs."""
+def _cron_facts(
+    conn: psycopg.Connection[Any], schema: str, jobnames: dict[str, str]
+) -> tuple[dict[str, cron.CronJob], dict[str, LastRun]]:
+    """pg_cron's jobs and latest runs, through the SECURITY DEFINER status function (same database)."""
+    rows = conn.execute(
+        sql.SQL("SELECT * FROM {}(%s, %s)").format(sql.Identifier(schema, "status_cron")),
+        [list(jobnames), CRON_RUN_WINDOW],
+    ).fetchall()
+    registered, runs = {}, {}
+    database = conn.info.dbname
+    for jobid, jobname, schedule_, command, active, run_status, message, start, end in rows:
+        name = jobnames[jobname]
+        registered[name] = cron.CronJob(jobid, jobname, schedule_, command, database, active)
+        if run_status is not None:
+            runs[name] = _last_run(run_status, message, start, end)
+    return registered, runs
+
+
+def _cron_latest(conn: psycopg.Connection[Any], registered: dict[str, cron.CronJob]) -> dict[str, LastRun]:
+    """The same as _cron_facts' runs, read directly where pg_cron lives in another database."""
     if not registered:
         return {}
+    last = conn.execute(sqlfiles.query("status.sql", "cron_last_runid")).fetchone()
+    by_id = {job.jobid: name for name, job in registered.items()}
     rows = conn.execute(
         sqlfiles.query("status.sql", "cron_latest_runs"),
-        {"floor": last_runid - CRON_RUN_WINDOW, "jobids": [job.jobid for job in registered.values()]},
+        {"floor": (last[0] if last else 0) - CRON_RUN_WINDOW, "jobids": list(by_id)},
     ).fetchall()
-    latest = {}
-    for jobid, run_status, message, start, end in rows:
-        error = f"pg_cron: {message or 'failed'}" if run_status == "failed" else None
-        deleted = re.fullmatch(r"DELETE (\d+)", message or "")  # the command tag of a plain DELETE
-        latest[jobid] = LastRun(start or end, end, run_status, error, int(deleted[1]) if deleted else None)
-    return latest
+    return {
+        by_id[jobid]: _last_run(status_, message, start, end) for jobid, status_, message, start, end in rows
+    }
 
 
-def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, datetime, timedelta, int]:
-    """pg_cron's launcher, the server's clock (the history's too) and pg_cron's latest runid."""
+def _last_run(run_status: str, message: str | None, start: datetime | None, end: datetime | None) -> LastRun:
+    error = f"pg_cron: {message or 'failed'}" if run_status == "failed" else None
+    deleted = re.fullmatch(r"DELETE (\d+)", message or "")  # the command tag of a plain DELETE
+    return LastRun(start or end, end, run_status, error, int(deleted[1]) if deleted else None)
+
+
+def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, datetime, timedelta]:
+    """pg_cron's launcher, and the server's clock (the history's timestamps come from it too)."""
     row = conn.execute(sqlfiles.query("status.sql", "scheduler"), {"grace": grace}).fetchone()
     assert row is not None
-    standby, seen, may_see, now, grace_interval, last_runid = row
+    standby, seen, may_see, now, grace_interval = row
     if standby:
         scheduler = Scheduler(None, "hot standby: pg_cron's scheduler runs on the primary")
     elif seen:
@@ -272,4 +318,4 @@ def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, da
             "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
             "then restart PostgreSQL (pg_cron does not restart a launcher that was terminated)",
         )
-    return scheduler, now, grace_interval, int(last_runid)
+    return scheduler, now, grace_interval

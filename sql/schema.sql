@@ -238,6 +238,74 @@ BEGIN
 END
 $$;
 
+-- Status for a monitoring role that may read nothing else. Both functions are
+-- SECURITY DEFINER, so they run as the role that installed dbjobs: that role
+-- owns the history, and pg_cron's row-level security shows it its own jobs
+-- only. They return facts about dbjobs' jobs and nothing else; grant them with
+--   GRANT USAGE ON SCHEMA dbjobs TO monitor;
+--   GRANT EXECUTE ON FUNCTION dbjobs.status_history(text[]), dbjobs.status_cron(text[], bigint)
+--       TO monitor;
+
+-- Each named job's definition time, latest finished run and latest success:
+-- one probe each of the (job, id DESC) indexes, whatever the size of the history.
+CREATE OR REPLACE FUNCTION @schema@.status_history(names text[])
+RETURNS TABLE (name text, installed_at timestamptz, max_age interval,
+               started_at timestamptz, finished_at timestamptz, status text, error text,
+               rows_deleted bigint, success_at timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT n.name,
+           coalesce(j.installed_at, (SELECT value::timestamptz FROM @schema@.meta WHERE key = 'installed_at')),
+           j.max_age,
+           last.started_at, last.finished_at, last.status, last.error, last.rows_deleted,
+           success.finished_at
+      FROM unnest(names) AS n(name)
+      LEFT JOIN @schema@.job j ON j.name = n.name
+      LEFT JOIN LATERAL (
+            SELECT r.started_at, r.finished_at, r.status, r.error, r.rows_deleted
+              FROM @schema@.run r
+             WHERE r.job = n.name AND r.status IN ('succeeded', 'failed')
+             ORDER BY r.id DESC LIMIT 1) last ON true
+      LEFT JOIN LATERAL (
+            SELECT r.finished_at
+              FROM @schema@.run r
+             WHERE r.job = n.name AND r.status = 'succeeded'
+             ORDER BY r.id DESC LIMIT 1) success ON true
+$$;
+
+-- dbjobs' pg_cron jobs (the exact names given) and the latest finished run of
+-- each among the server's latest window_size runs: cron.job_run_details is
+-- indexed on runid alone, and a per-job "latest run" would scan the whole table
+-- backwards for a job that has not run lately. Only callable where pg_cron
+-- lives in this database; PL/pgSQL, so that it can be created where it does not.
+CREATE OR REPLACE FUNCTION @schema@.status_cron(jobnames text[], window_size bigint)
+RETURNS TABLE (jobid bigint, jobname text, schedule text, command text, active boolean,
+               run_status text, return_message text, start_time timestamptz, end_time timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    floor bigint := (SELECT last_value FROM cron.runid_seq) - window_size;
+BEGIN
+    RETURN QUERY
+    WITH ours AS (SELECT * FROM cron.job WHERE cron.job.jobname = ANY(jobnames)),
+         latest AS (
+            SELECT DISTINCT ON (r.jobid) r.jobid, r.status, r.return_message, r.start_time, r.end_time
+              FROM cron.job_run_details r
+             WHERE r.runid > floor AND r.jobid IN (SELECT o.jobid FROM ours o)
+               AND r.status IN ('succeeded', 'failed')
+             ORDER BY r.jobid, r.runid DESC)
+    SELECT j.jobid, j.jobname::text, j.schedule, j.command, j.active,
+           d.status, d.return_message, d.start_time, d.end_time
+      FROM ours j
+      LEFT JOIN latest d ON d.jobid = j.jobid
+    ;
+END
+$$;
+
+
 -- Jobs run as the role that installed them; nobody else may call these.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @schema@ FROM PUBLIC;
 REVOKE ALL ON ALL PROCEDURES IN SCHEMA @schema@ FROM PUBLIC;

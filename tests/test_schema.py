@@ -27,6 +27,8 @@ def test_functions_pin_search_path_and_are_not_public(app: AppDb, dbjobs_cli) ->
         "dbjobs.finish_run",
         "dbjobs.run_job",
         "dbjobs.start_run",
+        "dbjobs.status_cron",
+        "dbjobs.status_history",
     }
     for name, kind, config, public_may_execute in routines:
         assert not public_may_execute, name
