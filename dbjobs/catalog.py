@@ -73,7 +73,8 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
             row = conn.execute(
                 """
                 SELECT n.nspname, c.relname, c.relkind, c.oid,
-                       has_table_privilege(c.oid, 'SELECT, DELETE')
+                       has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'UPDATE')
+                           AND has_table_privilege(c.oid, 'DELETE')
                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE c.oid = to_regclass(%s)
                 """,
@@ -87,12 +88,21 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
             "(create it, or quote mixed-case names like '\"My Table\"')"
         )
     schema, table, relkind, oid, may_delete = row
-    if relkind not in ("r", "p"):
+    if relkind == "p":
+        # A ctid is only unique within one partition: batches by ctid would match
+        # rows of other partitions. Until partitions are handled as such, each
+        # partition can be a job of its own.
+        raise ConfigError(
+            f"{where}: table: {job.table!r} is partitioned, which dbjobs does not clean yet: "
+            "configure a job per partition"
+        )
+    if relkind != "r":
         raise ConfigError(f"{where}: table: {job.table!r} is not a table")
     if not may_delete:
         raise ConfigError(
-            f"{where}: table: the connected role may not SELECT and DELETE on {job.table!r}: "
-            "GRANT SELECT, DELETE on it, or install as its owner"
+            f"{where}: table: the connected role needs SELECT, UPDATE and DELETE on {job.table!r} "
+            "(UPDATE for the row locks that let the cleanup skip rows the application holds): "
+            "GRANT them, or install as the table's owner"
         )
 
     columns = dict(

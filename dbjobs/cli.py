@@ -110,8 +110,16 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
     if bool(args.jobs) == args.all:
         raise UnknownJobError("name one or more jobs, or --all")
     with connect(dsn, autocommit=True) as conn:
+        installed = installed_jobs(conn, config)
+        unknown = [name for name in args.jobs if name not in installed]
+        if unknown:  # before running any, so that a typo does not leave half the jobs run
+            hint = (
+                "run `dbjobs install` first"
+                if config.job(unknown[0])
+                else f"installed jobs: {', '.join(installed)}"
+            )
+            raise UnknownJobError(f"unknown job {unknown[0]!r}: {hint}")
         if args.all:
-            installed = installed_jobs(conn, config)
             configured = [job.name for job in config.jobs if job.name in installed]
             names = configured + [name for name in installed if name not in configured]
         else:
@@ -120,7 +128,7 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
         for name in names:
             result = run(conn, config, name)
             print(result.line(), flush=True)
-            failed |= result.status == "failed"
+            failed |= result.status not in ("succeeded", "skipped")
     return 1 if failed else 0
 
 

@@ -133,6 +133,8 @@ def parse_config(
     for key in ("schema", "history_retention", "grace"):
         if key in values:
             _require_text(source, key, values[key])
+    if "schema" in values:
+        _check_schema_name(source, values["schema"])
     if "cron_dsn" in values and values["cron_dsn"] is not None:
         _require_text(source, "cron_dsn", values["cron_dsn"])
     if "enabled" in values and not isinstance(values["enabled"], bool):
@@ -208,6 +210,19 @@ def _parse_schedule(where: str, key: str, value: Any) -> str:
         return schedule.normalize(text)
     except schedule.ScheduleError as exc:
         raise ConfigError(f"{where}: {key}: {exc}") from None
+
+
+RESERVED_SCHEMAS = {"public", "information_schema", "cron"}
+
+
+def _check_schema_name(source: str, schema: str) -> None:
+    """dbjobs' schema is its own: uninstall drops it whole."""
+    if schema in RESERVED_SCHEMAS or schema.startswith("pg_"):
+        raise ConfigError(
+            f"{source}: schema: {schema!r} is not dbjobs' own: choose a schema for dbjobs alone"
+        )
+    if len(schema.encode()) > 63 or "$" in schema or "\x00" in schema:
+        raise ConfigError(f"{source}: schema: {schema!r} must be at most 63 bytes, without '$'")
 
 
 def _require_text(where: str, key: str, value: Any) -> str:

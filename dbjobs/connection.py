@@ -39,7 +39,13 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise ConnectError(f"invalid connection string: {redact(str(exc), dsn)}") from None
+        # libpq's parse errors quote the offending text, which may be the password.
+        reason = redact(str(exc), dsn)
+        if "password" in dsn.lower() or "@" in dsn:
+            reason = reason.split(":")[0] if ":" in reason else "unparsable"
+        raise ConnectError(
+            f"invalid connection string ({reason}): check --dsn, DBJOBS_DSN or DATABASE_URL"
+        ) from None
     if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
         kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     try:
@@ -72,4 +78,10 @@ def redact(text: str, dsn: str) -> str:
     secrets.add(os.environ.get("PGPASSWORD"))
     for secret in filter(None, secrets):
         text = text.replace(str(secret), "********")
-    return text
+    # Whatever could not be parsed: URL credentials and password= settings.
+    text = _URL_PASSWORD.sub(r"\1********@", text)
+    return _KEYWORD_PASSWORD.sub(r"\1********", text)
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)

@@ -173,7 +173,9 @@ GRANT_HINT = (
 
 
 @contextmanager
-def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool = True) -> Iterator[CronSite]:
+def locate(
+    conn: psycopg.Connection[Any], config: Config, *, for_changes: bool = True, schedule_grants: bool = True
+) -> Iterator[CronSite]:
     """The pg_cron database for ``conn``'s database.
 
     When that is another database, its connection is opened here and, with
@@ -204,8 +206,8 @@ def locate(conn: psycopg.Connection[Any], config: Config, *, for_changes: bool =
         if not for_changes:
             yield site
             return
-        there.require_usage(GRANT_HINT)
-        if not site.may_execute(SCHEDULE_IN_DATABASE, ALTER_JOB):
+        there.require_usage(GRANT_HINT if schedule_grants else USAGE_HINT)
+        if schedule_grants and not site.may_execute(SCHEDULE_IN_DATABASE, ALTER_JOB):
             raise PrerequisiteError(
                 f"pg_cron runs in database {cron_db!r}, so role {role!r} needs to schedule jobs in "
                 f"database {database!r}: " + GRANT_HINT.format(role=role)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from psycopg import sql
 from . import catalog, cron, schedule, sqlfiles
 from .catalog import ResolvedJob
 from .config import Config
-from .errors import ConfigError, PrerequisiteError
+from .errors import ConfigError, DbjobsError, PrerequisiteError
 
 SCHEMA_FILE = "schema.sql"
 MIN_SERVER_VERSION = 130000
@@ -84,30 +85,34 @@ def install(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fa
 
     Runs in one transaction (a savepoint when ``conn`` is already in one, as in
     an Alembic migration), serialized with other installs by an advisory lock.
+    When pg_cron lives in another database, its changes are committed right
+    after the application database's: should that second commit fail, status
+    reports the jobs as missing and the next install creates them.
     """
-    with conn.transaction(force_rollback=dry_run):
+    # The ExitStack exits last: the pg_cron database commits after this one.
+    with ExitStack() as cron_side, conn.transaction(force_rollback=dry_run):
         conn.execute(INSTALL_LOCK, [config.schema])
         _check_server(conn)
         jobs = catalog.validate(conn, config)
-        with cron.locate(conn, config) as site:
-            if not site.same_database:
-                site.conn.execute(INSTALL_LOCK, [site.database])
-            _check_schedules(jobs, site)
-            plan = Plan(dry_run=dry_run, database=site.database)
-            schema_change = _schema_change(conn, config.schema)
-            if schema_change:
-                plan.changes.append(schema_change)
-            installed = (
-                _installed_jobs(conn, config.schema)
-                if schema_change is None or schema_change.action == "update"
-                else {}
-            )
-            cron_jobs = site.jobs()
-            _plan_jobs(plan, config, jobs, installed, cron_jobs)
-            _plan_maintenance(plan, config, site, cron_jobs)
-            _require_alter(site, config, jobs, cron_jobs)
-            if plan.changed and not dry_run:
-                _apply(conn, site, config, plan, jobs, cron_jobs, apply_schema=schema_change is not None)
+        site = cron_side.enter_context(cron.locate(conn, config))
+        if not site.same_database:
+            site.conn.execute(INSTALL_LOCK, [site.database])
+        _check_schedules(jobs, site)
+        plan = Plan(dry_run=dry_run, database=site.database)
+        schema_change = _schema_change(conn, config.schema)
+        if schema_change:
+            plan.changes.append(schema_change)
+        installed = (
+            _installed_jobs(conn, config.schema)
+            if schema_change is None or schema_change.action == "update"
+            else {}
+        )
+        cron_jobs = site.jobs()
+        _plan_jobs(plan, config, jobs, installed, cron_jobs)
+        _plan_maintenance(plan, config, site, cron_jobs)
+        _require_alter(site, config, jobs, cron_jobs)
+        if plan.changed and not dry_run:
+            _apply(conn, site, config, plan, jobs, cron_jobs, apply_schema=schema_change is not None)
     return plan
 
 
@@ -127,22 +132,26 @@ def _check_server(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def _schema_change(conn: psycopg.Connection[Any], schema: str) -> Change | None:
-    row = conn.execute(
-        """
-        SELECT to_regclass(format('%%I.meta', n.nspname)) IS NOT NULL,
-               EXISTS (SELECT FROM pg_class WHERE relnamespace = n.oid)
-            OR EXISTS (SELECT FROM pg_proc WHERE pronamespace = n.oid)
-          FROM pg_namespace n WHERE n.nspname = %s
-        """,
-        [schema],
-    ).fetchone()
-    quoted = sql.Identifier(schema).as_string(None)
+@dataclass(frozen=True)
+class _SchemaState:
+    exists: bool
+    marked: bool  # carries dbjobs' comment: made by dbjobs
+    has_objects: bool
+    foreign_objects: list[str]
+
+
+def _schema_state(conn: psycopg.Connection[Any], schema: str) -> _SchemaState:
+    row = conn.execute(sqlfiles.query("install.sql", "schema_state"), {"schema": schema}).fetchone()
     if row is None:
-        return Change("create", "schema", quoted, "tables, functions and the cleanup procedure")
-    has_meta, has_objects = row
-    if not has_meta:
-        if has_objects:
+        return _SchemaState(False, False, False, [])
+    return _SchemaState(True, bool(row[0]), bool(row[1]), list(row[2]))
+
+
+def _schema_change(conn: psycopg.Connection[Any], schema: str) -> Change | None:
+    state = _schema_state(conn, schema)
+    quoted = sql.Identifier(schema).as_string(None)
+    if not state.marked:
+        if state.has_objects:
             raise ConfigError(
                 f"schema: {schema!r} already exists and holds objects that are not dbjobs': "
                 "set schema to a name of dbjobs' own"
@@ -338,22 +347,29 @@ def _apply(
 def uninstall(conn: psycopg.Connection[Any], config: Config) -> Plan:
     """Remove dbjobs' pg_cron jobs for this database and dbjobs' schema. Idempotent.
 
-    Application tables and pg_cron jobs that are not dbjobs' are never touched,
-    and a schema is dropped only when dbjobs made it (it holds dbjobs' meta table).
+    Application tables and pg_cron jobs that are not dbjobs' are never touched:
+    the schema is dropped only when it carries dbjobs' mark and holds nothing
+    that dbjobs did not create. Without pg_cron there are no jobs to remove.
     """
-    with conn.transaction():
+    with ExitStack() as cron_side, conn.transaction():
         conn.execute(INSTALL_LOCK, [config.schema])
-        with cron.locate(conn, config) as site:
-            plan = Plan(database=site.database)
+        plan = Plan(database=conn.info.dbname)
+        state = _schema_state(conn, config.schema)
+        if state.marked and state.foreign_objects:
+            raise DbjobsError(
+                f"schema {config.schema!r} also holds {', '.join(sorted(state.foreign_objects))}, "
+                "which dbjobs did not create: move them out, then run uninstall again"
+            )
+        try:
+            site = cron_side.enter_context(cron.locate(conn, config, schedule_grants=False))
+        except PrerequisiteError as exc:
+            if "pg_cron is not installed" not in str(exc):
+                raise
+        else:
             for name, registered in site.jobs().items():
                 site.unschedule(registered.jobid)
                 plan.changes.append(Change("remove", "job", name, f"pg_cron job {registered.jobid}"))
-            if _owns_schema(conn, config.schema):
-                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(config.schema)))
-                plan.changes.append(Change("remove", "schema", sql.Identifier(config.schema).as_string(None)))
+        if state.marked:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(config.schema)))
+            plan.changes.append(Change("remove", "schema", sql.Identifier(config.schema).as_string(None)))
     return plan
-
-
-def _owns_schema(conn: psycopg.Connection[Any], schema: str) -> bool:
-    row = conn.execute("SELECT to_regclass(format('%%I.meta', %s::text)) IS NOT NULL", [schema]).fetchone()
-    return bool(row and row[0])

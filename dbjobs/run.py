@@ -79,22 +79,29 @@ def run(conn: psycopg.Connection[Any], config: Config, job: str) -> RunResult:
             conn.execute(call)
         except psycopg.Error as exc:
             failure = exc  # the procedure records its failure before raising; read it below
-        row = conn.execute(
-            sql.SQL(
-                """
-                SELECT status, rows_deleted, started_at,
-                       extract(epoch FROM finished_at - started_at) * 1000, error
-                  FROM {} WHERE job = %s AND id > %s
-                 ORDER BY id DESC LIMIT 1
-                """
-            ).format(history),
-            [job, before[0] if before else 0],
-        ).fetchone()
+        latest = sql.SQL(
+            """
+            SELECT id, status, rows_deleted, started_at,
+                   extract(epoch FROM finished_at - started_at) * 1000, error
+              FROM {} WHERE job = %s AND id > %s
+             ORDER BY id DESC LIMIT 1
+            """
+        ).format(history)
+        row = conn.execute(latest, [job, before[0] if before else 0]).fetchone()
+        if row is not None and row[1] == "running" and failure is not None:
+            # Cancelled (statement timeout, pg_cancel_backend): the procedure's
+            # handler cannot catch that. Close the run here, in the session that
+            # still holds the job's lock, so that later runs are not skipped.
+            conn.execute(
+                sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(config.schema, "finish_run")),
+                [row[0], " ".join(str(failure).split()) or type(failure).__name__],
+            )
+            row = conn.execute(latest, [job, before[0] if before else 0]).fetchone()
     finally:
         conn.autocommit = saved
     if row is None:
         raise DbjobsError(f"job {job!r}: the run did not start: {failure}") from failure
-    status, rows, started, duration, error = row
+    _, status, rows, started, duration, error = row
     return RunResult(
         job, status, int(rows), started, float(duration) if duration is not None else None, error
     )

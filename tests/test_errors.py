@@ -29,12 +29,15 @@ def test_no_pg_cron_is_a_clear_error(server_without_pg_cron: Server, dbjobs_cli)
 
     with connect(dsn, autocommit=True) as conn:
         conn.execute(DEFAULT_TABLES)
-    for argv in (["install"], ["install", "--dry-run"], ["uninstall"]):
+    for argv in (["install"], ["install", "--dry-run"], ["status"]):
         result = dbjobs_cli("--dsn", dsn, *argv)
         assert result.code == 3, result
         [line] = result.err.splitlines()
         assert line.startswith("dbjobs: error: pg_cron is not installed")
         assert "shared_preload_libraries = 'pg_cron'" in line and "CREATE EXTENSION pg_cron" in line
+    # Nothing of dbjobs' to remove without pg_cron: uninstall is done (SPEC: exit 0).
+    removed = dbjobs_cli("--dsn", dsn, "uninstall")
+    assert (removed.code, removed.out) == (0, "nothing to remove: dbjobs is not installed\n")
     with connect(dsn) as conn:
         assert conn.execute("SELECT to_regnamespace('dbjobs')").fetchone() == (None,)
 
@@ -92,8 +95,16 @@ def test_server_that_never_answers_times_out() -> None:
     assert "cannot connect" in result.stderr
 
 
-def test_invalid_dsn_is_one_line() -> None:
-    result = _dbjobs("--dsn", "host=127.0.0.1 port=oops password=sekrit-pw bogus", "install")
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=127.0.0.1 port=oops password=sekrit-pw bogus",
+        "postgresql://app:sekrit%zzpw@127.0.0.1/app",  # libpq quotes the bad escape, password and all
+        "postgresql://app:sekrit-pw@127.0.0.1:99999/app",
+    ],
+)
+def test_invalid_dsn_is_one_line_without_the_password(dsn: str) -> None:
+    result = _dbjobs("--dsn", dsn, "install")
     assert result.returncode == 3
     assert len(result.stderr.splitlines()) == 1
     assert "sekrit" not in result.stderr

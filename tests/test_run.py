@@ -133,3 +133,33 @@ def test_run_refuses_a_connection_inside_a_transaction(sessions) -> None:
         conn.execute("SELECT 1")
         with pytest.raises(dbjobs.DbjobsError, match="not inside a transaction"):
             dbjobs.run(conn, dbjobs.load_config(environ={}), "sessions")
+
+
+def test_a_cancelled_run_is_recorded_failed_and_frees_the_job(
+    app_separate: AppDb, dbjobs_cli, write_config
+) -> None:
+    """A statement timeout cancels the CALL, which PL/pgSQL cannot catch: dbjobs closes the run itself."""
+    app = app_separate
+    app.execute(TABLE)
+    slow = write_config(
+        CONFIG.replace("batch_size = 3", 'batch_size = 1\nwhere = "pg_sleep(0.2) IS NOT NULL"')
+    )
+    assert dbjobs_cli("--dsn", app.dsn, "--config", slow, "install").code == 0
+    impatient = psycopg.conninfo.make_conninfo(app.dsn, options="-c statement_timeout=500")
+    result = dbjobs_cli("--dsn", impatient, "--config", slow, "run", "sessions")
+    assert result.code == 1
+    assert "failed after deleting" in result.out and "statement timeout" in result.out
+    [(status, error)] = app.execute("SELECT status, error FROM dbjobs.run")
+    assert status == "failed" and "statement timeout" in error
+    # The job's lock was released: the next run runs, it is not skipped.
+    fast = write_config(CONFIG)
+    assert dbjobs_cli("--dsn", app.dsn, "--config", fast, "install").code == 0
+    again = dbjobs_cli("--dsn", app.dsn, "--config", fast, "run", "sessions")
+    assert again.code == 0 and "deleted" in again.out
+
+
+def test_a_misspelt_job_runs_nothing(sessions, dbjobs_cli) -> None:
+    app, config = sessions
+    result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "sessions", "sesions")
+    assert result.code == 2 and "unknown job 'sesions'" in result.err
+    assert app.count("sessions") == 15

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from tests.conftest import AppDb
@@ -9,6 +10,7 @@ from tests.conftest import AppDb
 TABLE = """
 CREATE TABLE sessions (id int PRIMARY KEY, expires_at timestamptz, label text, revoked boolean);
 INSERT INTO sessions VALUES (1, now() - interval '1 year', 'old', true);
+CREATE TABLE by_month (expires_at timestamptz) PARTITION BY RANGE (expires_at);
 """
 
 
@@ -56,6 +58,10 @@ GOOD_SECOND_JOB = (
         (job(where='"true; DROP TABLE sessions"'), "job 'sessions': where:"),
         (job(where='"true FROM sessions UNION SELECT true"'), "job 'sessions': where:"),
         (job() + GOOD_SECOND_JOB.replace('"2 days"', '"2 dayz"'), "job 'other': retain"),
+        (job(table='"by_month"'), "job 'sessions': table: 'by_month' is partitioned"),
+        ('schema = "public"\n' + job(), "schema: 'public' is not dbjobs' own"),
+        ('schema = "pg_dbjobs"\n' + job(), "schema: 'pg_dbjobs' is not dbjobs' own"),
+        ('schema = "x$$ y"\n' + job(), "schema: 'x$$ y' must be at most 63 bytes, without '$'"),
     ],
 )
 def test_bad_values_change_nothing(app: AppDb, dbjobs_cli, write_config, config: str, message: str) -> None:
@@ -95,3 +101,42 @@ def test_schema_that_is_not_dbjobs_is_refused(app: AppDb, dbjobs_cli, write_conf
     assert "schema: 'reporting' already exists and holds objects that are not dbjobs'" in result.err
     assert app.execute("SELECT count(*) FROM reporting.kpi") == [(0,)]
     app.execute("DROP SCHEMA reporting CASCADE")
+
+
+def test_a_schema_that_only_looks_like_dbjobs_is_never_dropped(app: AppDb, dbjobs_cli, write_config) -> None:
+    """An application schema with a table called meta is not dbjobs': install refuses, uninstall keeps it."""
+    app.execute(TABLE + "CREATE SCHEMA billing; CREATE TABLE billing.meta (key text, value text);")
+    config = write_config('schema = "billing"\n' + job())
+    refused = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
+    assert refused.code == 2 and "holds objects that are not dbjobs'" in refused.err
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "uninstall").code == 0
+    assert app.execute("SELECT count(*) FROM billing.meta") == [(0,)]
+    app.execute("DROP SCHEMA billing CASCADE")
+
+
+def test_uninstall_keeps_a_dbjobs_schema_holding_other_objects(app: AppDb, dbjobs_cli, write_config) -> None:
+    app.execute(TABLE)
+    config = write_config(job())
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
+    app.execute("CREATE TABLE dbjobs.audit_copy (id int); INSERT INTO dbjobs.audit_copy VALUES (1)")
+    refused = dbjobs_cli("--dsn", app.dsn, "--config", config, "uninstall")
+    assert refused.code == 1
+    assert "also holds audit_copy, which dbjobs did not create" in refused.err
+    assert app.execute("SELECT count(*) FROM dbjobs.audit_copy") == [(1,)]
+    assert len(app.cron_jobs()) == 1  # all or nothing: the jobs are still there too
+
+
+def test_the_cleanup_needs_update_for_its_row_locks(app: AppDb, dbjobs_cli, write_config) -> None:
+    app.execute(TABLE)
+    role = f"deleter_{app.database}"
+    app.execute(
+        f'CREATE ROLE "{role}" LOGIN; GRANT USAGE ON SCHEMA "{app.schema}" TO "{role}";'
+        f'GRANT SELECT, DELETE ON sessions TO "{role}"'
+    )
+    try:
+        dsn = psycopg.conninfo.make_conninfo(app.dsn, user=role)
+        result = dbjobs_cli("--dsn", dsn, "--config", write_config(job()), "install", "--dry-run")
+        assert result.code == 2
+        assert "needs SELECT, UPDATE and DELETE on 'sessions'" in result.err
+    finally:
+        app.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')

@@ -1,0 +1,18 @@
+-- name: schema_state
+-- What the configured schema holds. dbjobs marks its schema with a comment
+-- (see schema.sql); an application table that happens to be called "meta"
+-- does not make a schema dbjobs'. The last column lists whatever dbjobs did
+-- not create there: uninstall refuses to drop a schema holding any of it.
+SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
+       EXISTS (SELECT FROM pg_class WHERE relnamespace = n.oid)
+           OR EXISTS (SELECT FROM pg_proc WHERE pronamespace = n.oid),
+       ARRAY(SELECT c.relname::text FROM pg_class c
+              WHERE c.relnamespace = n.oid AND c.relkind NOT IN ('i', 'S', 'c')
+                AND c.relname NOT IN ('meta', 'job', 'run')
+             UNION ALL
+             SELECT p.proname::text FROM pg_proc p
+              WHERE p.pronamespace = n.oid
+                AND p.proname NOT IN ('expired_rule', 'start_run', 'delete_batch', 'finish_run', 'run_job',
+                                      'status_history', 'status_cron'))
+  FROM pg_namespace n
+ WHERE n.nspname = %(schema)s;
