@@ -12,6 +12,7 @@ import psycopg
 from . import __version__, formats
 from .config import Config, load_config
 from .connection import connect, redact, resolve_dsn
+from .doctor import doctor, worst
 from .errors import ConnectError, DbjobsError, PrerequisiteError, UnknownJobError
 from .install import install, uninstall
 from .run import installed_jobs, run
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--all", action="store_true", help="run every installed job")
     commands.add_parser("uninstall", help="remove dbjobs' pg_cron jobs and schema")
+    commands.add_parser("doctor", help="check the prerequisites and say how to fix each")
     return parser
 
 
@@ -132,7 +134,20 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"install": _cmd_install, "uninstall": _cmd_uninstall, "status": _cmd_status, "run": _cmd_run}
+def _cmd_doctor(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    with connect(dsn, autocommit=True) as conn:
+        checks = doctor(conn, config)
+    print("\n".join(line for check in checks for line in check.lines()))
+    return SEVERITY[worst(checks)]
+
+
+COMMANDS = {
+    "install": _cmd_install,
+    "uninstall": _cmd_uninstall,
+    "status": _cmd_status,
+    "run": _cmd_run,
+    "doctor": _cmd_doctor,
+}
 
 
 def _fail(message: str, code: int) -> int:

@@ -53,6 +53,10 @@ class CronSite:
     cron_database: str
     usage: bool = True  # USAGE on schema cron, which pg_cron does not grant to PUBLIC
 
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
     def job_name(self, job: str) -> str:
         return cron_job_name(self.database, job)
 

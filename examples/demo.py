@@ -48,6 +48,7 @@ def main() -> None:
             }
         print("Sample rows: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
+        dbjobs(dsn, "doctor")
         dbjobs(dsn, "install")
         dbjobs(dsn, "install")  # idempotent: nothing to change
         dbjobs(dsn, "run", "--all")

@@ -16,3 +16,20 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
                                       'status_history', 'status_cron'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;
+
+-- name: index_for_column
+-- Whether some valid index of the table has the column as its first key, so
+-- that the cleanup's comparison on that column can use it.
+SELECT EXISTS (
+    SELECT FROM pg_index i
+     WHERE i.indrelid = to_regclass(%(table)s)
+       AND i.indisvalid
+       AND i.indkey[0] = (SELECT attnum FROM pg_attribute
+                           WHERE attrelid = i.indrelid AND attname = %(column)s AND NOT attisdropped));
+
+-- name: preload
+-- shared_preload_libraries, when this role may read it (superusers and
+-- pg_read_all_settings), else NULL.
+SELECT CASE WHEN pg_has_role(current_user, 'pg_read_all_settings', 'USAGE')
+            THEN current_setting('shared_preload_libraries') END,
+       has_database_privilege(current_database(), 'CREATE');

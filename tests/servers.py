@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,9 +74,21 @@ def docker_server() -> Iterator[Server]:
         .with_exposed_ports(5432)
     )
     with container:
+        # The image's entrypoint first runs a temporary server on a Unix socket only,
+        # which logs "ready" too: wait until a TCP connection really works.
         wait_for_logs(container, "database system is ready to accept connections", timeout=300)
         host, port = container.get_container_host_ip(), container.get_exposed_port(5432)
-        yield _from_dsn(f"host={host} port={port} dbname=postgres user=postgres")
+        dsn = f"host={host} port={port} dbname=postgres user=postgres connect_timeout=2"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                psycopg.connect(dsn).close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield _from_dsn(dsn)
 
 
 def docker_available() -> bool:

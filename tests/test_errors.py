@@ -35,6 +35,9 @@ def test_no_pg_cron_is_a_clear_error(server_without_pg_cron: Server, dbjobs_cli)
         [line] = result.err.splitlines()
         assert line.startswith("dbjobs: error: pg_cron is not installed")
         assert "shared_preload_libraries = 'pg_cron'" in line and "CREATE EXTENSION pg_cron" in line
+    doctor = dbjobs_cli("--dsn", dsn, "doctor")
+    assert doctor.code == 2
+    assert "FAIL  pg_cron: pg_cron is not installed" in doctor.out
     # Nothing of dbjobs' to remove without pg_cron: uninstall is done (SPEC: exit 0).
     removed = dbjobs_cli("--dsn", dsn, "uninstall")
     assert (removed.code, removed.out) == (0, "nothing to remove: dbjobs is not installed\n")

@@ -45,6 +45,11 @@ def test_terminated_launcher_fails_the_status(own_server: Server, dbjobs_cli) ->
     assert "restart PostgreSQL" in report["scheduler"]["detail"]
     assert {job["state"] for job in report["jobs"]} == {"pending"}  # the jobs themselves are fine
 
+    doctor = dbjobs_cli("--dsn", dsn, "doctor")
+    assert doctor.code == 2
+    assert "FAIL  scheduler: pg_cron scheduler is not running" in doctor.out
+    assert "fix: restart PostgreSQL" in doctor.out
+
     if version.startswith("1.4"):  # pg_cron 1.4 never restarts a terminated launcher
         time.sleep(2)
         assert dbjobs_cli("--dsn", dsn, "status").code == 2
