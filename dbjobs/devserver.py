@@ -74,9 +74,7 @@ class ThrowawayServer:
         return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
 
     def start(self) -> ThrowawayServer:
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
+        self._own_workdir()
         subprocess.run(
             _as_server_user(
                 [
@@ -95,6 +93,20 @@ class ThrowawayServer:
             check=True,
             capture_output=True,
         )
+        self._configure()
+        self._launch()
+        self._wait_ready()
+        if self.preload_pg_cron and self.cron_database != "postgres":
+            self.create_database(self.cron_database)
+        return self
+
+    def _own_workdir(self) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
+
+    def _configure(self) -> None:
+        """Append this server's settings (port, socket, pg_cron) to postgresql.conf; the last one wins."""
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
@@ -115,6 +127,8 @@ class ThrowawayServer:
             }
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
+
+    def _launch(self) -> None:
         with open(self.workdir / "server.log", "ab") as log:  # the child keeps its own descriptor
             self._proc = subprocess.Popen(
                 _as_server_user([str(self.bindir / "postgres"), "-D", str(self.datadir)]),
@@ -122,9 +136,26 @@ class ThrowawayServer:
                 stderr=log,
                 start_new_session=True,
             )
+
+    def start_as_standby_of(self, primary: ThrowawayServer) -> ThrowawayServer:
+        """Start as a hot standby streaming from ``primary`` (pg_basebackup -R)."""
+        self._own_workdir()
+        source = ["-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"]
+        backup = [
+            str(self.bindir / "pg_basebackup"),
+            *source,
+            "-D",
+            str(self.datadir),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ]
+        subprocess.run(_as_server_user(backup), check=True, capture_output=True)
+        self._configure()
+        self._launch()
         self._wait_ready()
-        if self.preload_pg_cron and self.cron_database != "postgres":
-            self.create_database(self.cron_database)
         return self
 
     def _wait_ready(self, timeout: float = 30.0) -> None:

@@ -114,3 +114,14 @@ def source() -> str:
         if docker_available():
             return "docker"
         raise
+
+
+@contextmanager
+def local_standby(primary: ThrowawayServer) -> Iterator[ThrowawayServer]:
+    """A hot standby of a local throwaway server, streaming from it (pg_basebackup -R)."""
+    standby = ThrowawayServer(cron_database=primary.cron_database, bindir=primary.bindir)
+    try:
+        standby.start_as_standby_of(primary)
+        yield standby
+    finally:
+        standby.stop()
