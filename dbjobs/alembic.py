@@ -17,9 +17,13 @@ working as dbjobs' SQL changes. Needs SQLAlchemy's psycopg (3) driver
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
+from sqlalchemy import event
 
 from .config import Config, load_config
 from .errors import DbjobsError
@@ -43,8 +47,35 @@ def connection(op: Any) -> psycopg.Connection[Any]:
 
 
 def install(op: Any, config: Config | None = None) -> Plan:
-    return install_on(connection(op), config or load_config())
+    with _until_migration_ends(op) as cron_stack:
+        return install_on(connection(op), config or load_config(), cron_stack=cron_stack)
 
 
 def uninstall(op: Any, config: Config | None = None) -> Plan:
-    return uninstall_on(connection(op), config or load_config())
+    with _until_migration_ends(op) as cron_stack:
+        return uninstall_on(connection(op), config or load_config(), cron_stack=cron_stack)
+
+
+class _MigrationRolledBack(Exception):
+    pass
+
+
+@contextmanager
+def _until_migration_ends(op: Any) -> Iterator[ExitStack]:
+    """Hold the pg_cron database's transaction (when pg_cron lives in another
+    database) open until the migration's own transaction ends: committed just
+    before it commits, rolled back when it rolls back."""
+    bind = op.get_bind()
+    stack = ExitStack()
+    try:
+        yield stack
+    except BaseException:
+        stack.__exit__(*sys.exc_info())
+        raise
+    event.listen(bind, "commit", lambda _conn: stack.close(), once=True)
+    event.listen(
+        bind,
+        "rollback",
+        lambda _conn: stack.__exit__(_MigrationRolledBack, _MigrationRolledBack(), None),
+        once=True,
+    )

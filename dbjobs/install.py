@@ -80,7 +80,13 @@ class _JobRow:
         )
 
 
-def install(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = False) -> Plan:
+def install(
+    conn: psycopg.Connection[Any],
+    config: Config,
+    *,
+    dry_run: bool = False,
+    cron_stack: ExitStack | None = None,
+) -> Plan:
     """Validate ``config``, then make dbjobs' SQL objects and pg_cron jobs match it.
 
     Runs in one transaction (a savepoint when ``conn`` is already in one, as in
@@ -88,9 +94,15 @@ def install(conn: psycopg.Connection[Any], config: Config, *, dry_run: bool = Fa
     When pg_cron lives in another database, its changes are committed right
     after the application database's: should that second commit fail, status
     reports the jobs as missing and the next install creates them.
+
+    ``cron_stack``: the caller decides when that transaction ends, by closing
+    the stack (commit) or exiting it with an exception (rollback); that is how
+    dbjobs.alembic ties it to the migration's own commit.
     """
-    # The ExitStack exits last: the pg_cron database commits after this one.
-    with ExitStack() as cron_side, conn.transaction(force_rollback=dry_run):
+    own = ExitStack()
+    cron_side = own if cron_stack is None else cron_stack
+    # ``own`` exits last: the pg_cron database commits after this one.
+    with own, conn.transaction(force_rollback=dry_run):
         conn.execute(INSTALL_LOCK, [config.schema])
         _check_server(conn)
         jobs = catalog.validate(conn, config)
@@ -344,14 +356,16 @@ def _apply(
             )
 
 
-def uninstall(conn: psycopg.Connection[Any], config: Config) -> Plan:
+def uninstall(conn: psycopg.Connection[Any], config: Config, *, cron_stack: ExitStack | None = None) -> Plan:
     """Remove dbjobs' pg_cron jobs for this database and dbjobs' schema. Idempotent.
 
     Application tables and pg_cron jobs that are not dbjobs' are never touched:
     the schema is dropped only when it carries dbjobs' mark and holds nothing
     that dbjobs did not create. Without pg_cron there are no jobs to remove.
     """
-    with ExitStack() as cron_side, conn.transaction():
+    own = ExitStack()
+    cron_side = own if cron_stack is None else cron_stack
+    with own, conn.transaction():
         conn.execute(INSTALL_LOCK, [config.schema])
         plan = Plan(database=conn.info.dbname)
         state = _schema_state(conn, config.schema)

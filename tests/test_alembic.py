@@ -63,8 +63,11 @@ def test_install_joins_the_migrations_transaction(app_separate: AppDb) -> None:
         assert app.execute("SELECT to_regnamespace('dbjobs')") == [(None,)]  # not committed yet
         raise RuntimeError("a later step of the same migration fails")
     assert "dbjobs" not in app.schemas()
+    assert app.cron_jobs() == [] and app.maintenance_job() == []  # pg_cron's database rolled back too
 
     with engine.begin() as connection:
         dbjobs.alembic.install(Operations(MigrationContext.configure(connection)), config)
+        assert app.cron_jobs() == []  # pg_cron's side waits for the migration's commit
     assert app.execute("SELECT count(*) FROM dbjobs.job") == [(4,)]
+    assert len(app.cron_jobs()) == 4 and len(app.maintenance_job()) == 1
     engine.dispose()
