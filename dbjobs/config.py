@@ -20,7 +20,7 @@ from typing import Any
 from . import schedule
 from .errors import ConfigError
 
-DEFAULT_BATCH_SIZE = 5000
+DEFAULT_BATCH_SIZE = 20000
 JOB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 
 

@@ -22,3 +22,22 @@ def test_status_benchmark_smoke() -> None:
     assert lines[1].startswith("dbjobs.status()") and "p95" in lines[1]
     assert lines[2].startswith("naive GROUP BY jobid")
     assert lines[3].startswith("ratio: naive p95 / status p95 = ")
+
+
+def test_cleanup_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cleanup.py"), "--rows", "20000", "--naive-batch", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "20,000 rows per table, half expired" in lines[0]
+    assert lines[1].startswith("dbjobs strategy: sweep")
+    assert [line.split("  ")[0] for line in lines[2:]] == [
+        "single DELETE",
+        "dbjobs run_job",
+        "naive IN batches of 2000",
+    ]
+    assert all("throughput vs single DELETE" in line and "longest transaction" in line for line in lines[2:])

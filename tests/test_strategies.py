@@ -1,0 +1,52 @@
+"""Both ways of deleting (physical sweep, index-driven batches) delete exactly the rule's rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import AppDb
+
+CONFIG = """
+[jobs.events]
+table = "events"
+expires = ["expires_at", "consumed_at"]
+retain = "1 day"
+schedule = "@hourly"
+batch_size = 50
+where = "NOT keep"
+"""
+
+
+@pytest.mark.parametrize(("expired_every", "strategy"), [(2, "sweep"), (500, "index")])
+def test_strategy_follows_the_expired_share(
+    app_separate: AppDb, dbjobs_cli, write_config, expired_every: int, strategy: str
+) -> None:
+    app = app_separate
+    app.execute(
+        f"""
+        CREATE TABLE events (id int PRIMARY KEY, expires_at timestamptz, consumed_at timestamptz,
+                             keep boolean NOT NULL DEFAULT false, pad text DEFAULT repeat('x', 80));
+        INSERT INTO events (id, expires_at, consumed_at, keep)
+        SELECT i,
+               CASE WHEN i % {expired_every} = 0 THEN now() - interval '3 days'
+                    ELSE now() + interval '1 day' END,
+               CASE WHEN i % {expired_every * 3} = 1 THEN now() - interval '2 days' END,
+               i % 11 = 0
+          FROM generate_series(1, 20000) i;
+        CREATE INDEX ON events (expires_at);
+        CREATE INDEX ON events (consumed_at);
+        ANALYZE events;
+        """
+    )
+    rule = "(expires_at < now() - interval '1 day' OR consumed_at < now() - interval '1 day') AND NOT keep"
+    expected = app.count("events", rule)
+    total = app.count("events")
+    config = write_config(CONFIG)
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
+    result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "events")
+    assert result.code == 0, result.err
+    assert f"events: deleted {expected} rows" in result.out
+    assert app.count("events", rule) == 0
+    assert app.count("events") == total - expected
+    [(used, rows)] = app.execute("SELECT strategy, rows_deleted FROM dbjobs.run")
+    assert (used, rows) == (strategy, expected)
