@@ -163,3 +163,54 @@ def test_a_misspelt_job_runs_nothing(sessions, dbjobs_cli) -> None:
     result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "sessions", "sesions")
     assert result.code == 2 and "unknown job 'sesions'" in result.err
     assert app.count("sessions") == 15
+
+
+def test_a_run_killed_half_way_keeps_its_progress_and_the_next_run_finishes(
+    app_separate: AppDb, dbjobs_cli, write_config
+) -> None:
+    """Terminating the backend mid-run: committed batches stay deleted, nothing outside the rule goes,
+    the run is recorded as failed, and the next run deletes the rest."""
+    import contextlib
+    import threading
+    import time
+
+    app = app_separate
+    app.execute(
+        "CREATE TABLE sessions (id int PRIMARY KEY, expires_at timestamptz);"
+        "INSERT INTO sessions SELECT i, now() - interval '2 hours' FROM generate_series(1, 200) i;"
+        "INSERT INTO sessions SELECT i, now() FROM generate_series(201, 300) i;"
+    )
+    # 10 rows a batch, each row costing 10 ms: a run of about two seconds.
+    slow = CONFIG.replace("batch_size = 3", 'batch_size = 10\nwhere = "pg_sleep(0.01) IS NOT NULL"')
+    config = write_config(slow)
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
+
+    def call() -> None:
+        victim = psycopg.connect(app.dsn, autocommit=True, application_name="victim")
+        with contextlib.suppress(psycopg.OperationalError), victim:  # terminated
+            victim.execute("CALL dbjobs.run_job('sessions')")
+
+    runner = threading.Thread(target=call)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while app.execute("SELECT rows_deleted >= 20 FROM dbjobs.run WHERE status = 'running'") != [(True,)]:
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.05)
+    app.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim'")
+    runner.join(timeout=30)
+
+    left = app.count("sessions")
+    assert 100 < left <= 280  # some batches committed, not all
+    assert app.count("sessions", "expires_at > now() - interval '1 hour'") == 100  # nothing outside the rule
+    [(status, deleted)] = app.execute("SELECT status, rows_deleted FROM dbjobs.run")
+    assert status == "running" and deleted == 300 - left  # what it recorded is what it deleted
+
+    fast = write_config(CONFIG)
+    assert dbjobs_cli("--dsn", app.dsn, "--config", fast, "install").code == 0
+    finished = dbjobs_cli("--dsn", app.dsn, "--config", fast, "run", "sessions")
+    assert finished.code == 0 and f"deleted {left - 100} rows" in finished.out
+    assert app.execute("SELECT status, error LIKE 'interrupted%%' FROM dbjobs.run ORDER BY id") == [
+        ("failed", True),
+        ("succeeded", None),
+    ]
+    assert app.count("sessions") == 100
