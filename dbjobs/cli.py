@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
+from tqdm import tqdm
 
 from . import __version__, formats
 from .config import Config, load_config
@@ -15,7 +17,7 @@ from .connection import connect, redact, resolve_dsn
 from .doctor import doctor, worst
 from .errors import ConnectError, DbjobsError, PrerequisiteError, UnknownJobError
 from .install import install, uninstall
-from .run import installed_jobs, run
+from .run import RunResult, installed_jobs, run
 from .status import SEVERITY, status
 
 EXIT_UNKNOWN = 3
@@ -128,10 +130,24 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
             names = args.jobs
         failed = False
         for name in names:
-            result = run(conn, config, name)
+            result = (
+                _run_with_progress(conn, config, name) if sys.stderr.isatty() else run(conn, config, name)
+            )
             print(result.line(), flush=True)
             failed |= result.status not in ("succeeded", "skipped")
     return 1 if failed else 0
+
+
+def _run_with_progress(conn: psycopg.Connection[Any], config: Config, name: str) -> RunResult:
+    """On a terminal: rows deleted, rate and an ETA from the planner's estimate, on stderr."""
+    with tqdm(desc=name, unit=" rows", unit_scale=True, leave=False, file=sys.stderr) as bar:
+
+        def show(deleted: int, estimate: int | None) -> None:
+            if estimate and bar.total != max(estimate, deleted):
+                bar.total = max(estimate, deleted)
+            bar.update(deleted - bar.n)
+
+        return run(conn, config, name, progress=show)
 
 
 def _cmd_doctor(args: argparse.Namespace, dsn: str, config: Config) -> int:

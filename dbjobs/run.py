@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from .config import Config
+from .connection import connect, with_database
 from .errors import DbjobsError, NotInstalledError, UnknownJobError
 
 
@@ -46,11 +50,18 @@ def installed_jobs(conn: psycopg.Connection[Any], config: Config) -> list[str]:
     return [r[0] for r in conn.execute(query).fetchall()]
 
 
-def run(conn: psycopg.Connection[Any], config: Config, job: str) -> RunResult:
+Progress = Callable[[int, int | None], None]
+
+
+def run(
+    conn: psycopg.Connection[Any], config: Config, job: str, *, progress: Progress | None = None
+) -> RunResult:
     """Run one job's cleanup now and return how it went; the run is recorded in the history.
 
     The procedure commits between batches, so ``conn`` must not be inside a
-    transaction; it is switched to autocommit for the call.
+    transaction; it is switched to autocommit for the call. ``progress`` is
+    called now and then with (rows deleted so far, the planner's estimate of
+    the rows to delete), read from the history by a second connection.
     """
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise DbjobsError("run needs a connection that is not inside a transaction (it commits per batch)")
@@ -75,10 +86,11 @@ def run(conn: psycopg.Connection[Any], config: Config, job: str) -> RunResult:
             sql.Identifier(config.schema), sql.Literal(job)
         )
         failure: psycopg.Error | None = None
-        try:
-            conn.execute(call)
-        except psycopg.Error as exc:
-            failure = exc  # the procedure records its failure before raising; read it below
+        with _watch(conn, config, job, before[0] if before else 0, progress):
+            try:
+                conn.execute(call)
+            except psycopg.Error as exc:
+                failure = exc  # the procedure records its failure before raising; read it below
         latest = sql.SQL(
             """
             SELECT id, status, rows_deleted, started_at,
@@ -105,3 +117,32 @@ def run(conn: psycopg.Connection[Any], config: Config, job: str) -> RunResult:
     return RunResult(
         job, status, int(rows), started, float(duration) if duration is not None else None, error
     )
+
+
+@contextmanager
+def _watch(
+    conn: psycopg.Connection[Any], config: Config, job: str, after: int, progress: Progress | None
+) -> Iterator[None]:
+    """Report a run's progress from a second connection while ``conn`` is busy running it."""
+    if progress is None:
+        yield
+        return
+    done = threading.Event()
+    query = sql.SQL(
+        "SELECT rows_deleted, estimated_rows FROM {} WHERE job = %s AND id > %s AND status = 'running'"
+    ).format(sql.Identifier(config.schema, "run"))
+
+    def poll() -> None:
+        with connect(with_database(conn, conn.info.dbname), autocommit=True) as watcher:
+            while not done.wait(0.2):
+                row = watcher.execute(query, [job, after]).fetchone()
+                if row is not None:
+                    progress(int(row[0]), row[1])
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        done.set()
+        poller.join(timeout=5)

@@ -214,3 +214,32 @@ def test_a_run_killed_half_way_keeps_its_progress_and_the_next_run_finishes(
         ("succeeded", None),
     ]
     assert app.count("sessions") == 100
+
+
+def test_progress_is_reported_while_a_run_goes(app_separate: AppDb, write_config) -> None:
+    app = app_separate
+    app.execute(
+        "CREATE TABLE sessions (id int PRIMARY KEY, expires_at timestamptz);"
+        "INSERT INTO sessions SELECT i, now() - interval '2 hours' FROM generate_series(1, 100) i;"
+    )
+    slow = CONFIG.replace("batch_size = 3", 'batch_size = 10\nwhere = "pg_sleep(0.005) IS NOT NULL"')
+    config = dbjobs.load_config(write_config(slow), environ={})
+    seen: list[tuple[int, int | None]] = []
+    with psycopg.connect(app.dsn) as conn:
+        dbjobs.install(conn, config)
+        result = dbjobs.run(
+            conn, config, "sessions", progress=lambda done, estimate: seen.append((done, estimate))
+        )
+    assert result.rows_deleted == 100
+    assert seen, "no progress was reported during a run of about half a second"
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert all(estimate is not None and estimate > 0 for _, estimate in seen)  # the planner's, for an ETA
+
+
+def test_run_on_a_terminal_shows_a_progress_bar(sessions, dbjobs_cli, monkeypatch, capsys) -> None:
+    app, config = sessions
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "sessions")
+    assert result.code == 0
+    assert result.out.startswith("sessions: deleted 10 rows")  # the result line stays on stdout
+    assert "sessions" in result.err  # the bar (tqdm) went to stderr
