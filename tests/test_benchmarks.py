@@ -41,3 +41,17 @@ def test_cleanup_benchmark_smoke() -> None:
         "naive IN batches of 2000",
     ]
     assert all("throughput vs single DELETE" in line and "longest transaction" in line for line in lines[2:])
+
+
+def test_contention_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "contention.py"), "--rows", "20000", "--seconds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "20,000 rows, half expired" in lines[0]
+    assert [line[:16].strip() for line in lines[1:]] == ["idle", "dbjobs cleanup", "single DELETE"]
+    assert all(" p50 " in line and " p99 " in line for line in lines[1:])
