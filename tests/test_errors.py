@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.conftest import DEFAULT_TABLES, AppDb
@@ -122,8 +123,6 @@ def test_debug_shows_the_traceback() -> None:
 def test_status_behind_a_lock_is_unknown_within_the_statement_timeout(
     app_separate: AppDb, dbjobs_cli
 ) -> None:
-    import psycopg
-
     app = app_separate
     app.execute(DEFAULT_TABLES)
     assert dbjobs_cli("--dsn", app.dsn, "install").code == 0
@@ -136,3 +135,54 @@ def test_status_behind_a_lock_is_unknown_within_the_statement_timeout(
     assert "statement timeout" in result.err
     assert elapsed < 5
     assert dbjobs_cli("--dsn", app.dsn, "status").code == 0
+
+
+def test_status_gives_up_on_a_server_that_stalls_after_connecting(app_separate: AppDb) -> None:
+    """A proxy passes the connection through, then swallows the first query: only dbjobs' own
+    deadline can end the wait, since the server never sees the statement."""
+    import threading
+
+    host, port = "127.0.0.1", int(str(psycopg.conninfo.conninfo_to_dict(app_separate.dsn)["port"]))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    stop = threading.Event()
+
+    def pipe(src: socket.socket, dst: socket.socket, client_side: bool) -> None:
+        while not stop.is_set():
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if client_side and data[:1].isalpha():  # a Query or Parse message: stall from here on
+                stop.wait()
+                return
+            dst.sendall(data)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((host, port))
+            for src, dst, side in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=pipe, args=(src, dst, side), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        dsn = psycopg.conninfo.make_conninfo(
+            app_separate.dsn, port=str(listener.getsockname()[1]), sslmode="disable"
+        )
+        started = time.monotonic()
+        result = _dbjobs("--dsn", dsn, "status", "--timeout", "2", "--format", "prometheus")
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        listener.close()
+    assert result.returncode == 3
+    assert result.stdout.strip().endswith("dbjobs_up 0.0")
+    assert "no answer from 127.0.0.1" in result.stderr and "within 2 s" in result.stderr
+    assert elapsed < 6
