@@ -58,8 +58,14 @@ def interval(conn: psycopg.Connection[Any], where: str, key: str, text: str) -> 
 
 def validate(conn: psycopg.Connection[Any], config: Config) -> list[ResolvedJob]:
     """Resolve every job of ``config`` against the catalog, or raise ConfigError."""
-    for key in ("history_retention", "grace"):
-        interval(conn, config.source, key, getattr(config, key))
+    interval(conn, config.source, "grace", config.grace)
+    retention = interval(conn, config.source, "history_retention", config.history_retention)
+    row = conn.execute("SELECT %s::interval < interval '1 hour'", [retention]).fetchone()
+    if row and row[0]:
+        raise ConfigError(
+            f"{config.source}: history_retention: {config.history_retention!r} is too short: "
+            "keep at least 1 hour of history, or status has nothing to read"
+        )
     return [_resolve(conn, job) for job in config.jobs]
 
 

@@ -295,11 +295,20 @@ def _apply(
 ) -> None:
     schema = config.schema
     if apply_schema:
+        grants = conn.execute(sqlfiles.query("install.sql", "routine_grants"), {"schema": schema}).fetchall()
         conn.execute(sqlfiles.with_schema(SCHEMA_FILE, schema))
+        for routine, grantee in grants:
+            conn.execute(
+                sql.SQL("GRANT EXECUTE ON ROUTINE {} TO {}").format(
+                    sql.Identifier(schema, routine),
+                    sql.SQL(grantee),  # regrole text is already quoted
+                )
+            )
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (key, value) VALUES ('sql_digest', %s), ('history_retention', %s), "
-            "('installed_at', now()::text) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            "('installed_at', extract(epoch FROM now())::text) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         ).format(sql.Identifier(schema, "meta")),
         [sqlfiles.digest(SCHEMA_FILE), config.history_retention],
     )

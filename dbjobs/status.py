@@ -272,9 +272,9 @@ def _cron_facts(
     ).fetchall()
     registered, runs = {}, {}
     database = conn.info.dbname
-    for jobid, jobname, schedule_, command, active, run_status, message, start, end in rows:
+    for jobid, jobname, schedule_, active, run_status, message, start, end in rows:
         name = jobnames[jobname]
-        registered[name] = cron.CronJob(jobid, jobname, schedule_, command, database, active)
+        registered[name] = cron.CronJob(jobid, jobname, schedule_, "", database, active)
         if run_status is not None:
             runs[name] = _last_run(run_status, message, start, end)
     return registered, runs

@@ -33,3 +33,12 @@ SELECT EXISTS (
 SELECT CASE WHEN pg_has_role(current_user, 'pg_read_all_settings', 'USAGE')
             THEN current_setting('shared_preload_libraries') END,
        has_database_privilege(current_database(), 'CREATE');
+
+-- name: routine_grants
+-- EXECUTE granted on dbjobs' routines to roles other than their owner (a
+-- monitoring role): an upgrade drops and creates the routines again, and
+-- grants them again from this list.
+SELECT p.proname::text, a.grantee::regrole::text
+  FROM pg_proc p, aclexplode(p.proacl) a
+ WHERE p.pronamespace = to_regnamespace(quote_ident(%(schema)s))
+   AND a.privilege_type = 'EXECUTE' AND a.grantee NOT IN (0, p.proowner);

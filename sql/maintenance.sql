@@ -8,13 +8,15 @@
 --
 -- {database}, {maintenance_job} and {retention} are filled in as literals by
 -- `dbjobs install`.
+WITH old AS (
+    -- Run ids come from one server-wide sequence: every run below the last one
+    -- that ended before the cutoff is older than the cutoff too. One pass.
+    SELECT max(runid) AS below FROM cron.job_run_details WHERE end_time < now() - {retention}::interval
+)
 DELETE FROM cron.job_run_details d
- USING cron.job j
+ USING cron.job j, old
  WHERE j.jobid = d.jobid
    AND ((j.database = {database} AND j.jobname LIKE 'dbjobs:%') OR j.jobname = {maintenance_job})
    AND (coalesce(d.end_time, d.start_time) < now() - {retention}::interval
-        -- Runs pg_cron could not start have no times: they are old when a
-        -- later run of the same job ended before the cutoff.
-        OR (d.start_time IS NULL AND d.end_time IS NULL
-            AND d.runid < (SELECT max(o.runid) FROM cron.job_run_details o
-                            WHERE o.jobid = d.jobid AND o.end_time < now() - {retention}::interval)))
+        -- Runs pg_cron could not start have no times at all.
+        OR (d.start_time IS NULL AND d.end_time IS NULL AND d.runid < old.below))

@@ -264,9 +264,13 @@ BEGIN
      WHERE id = run_id
     RETURNING job INTO job_name;
     PERFORM pg_advisory_unlock(hashtext('dbjobs.run'), hashtext(job_name));
+    -- Never the job's latest success nor anything after it (a job failing for
+    -- longer than the retention keeps its last success), nor its latest run.
     DELETE FROM @schema@.run
      WHERE job = job_name
-       AND started_at < now() - (SELECT value::interval FROM @schema@.meta WHERE key = 'history_retention');
+       AND started_at < now() - (SELECT value::interval FROM @schema@.meta WHERE key = 'history_retention')
+       AND id < coalesce((SELECT max(id) FROM @schema@.run WHERE job = job_name AND status = 'succeeded'),
+                         run_id);
 END
 $$;
 
@@ -333,7 +337,8 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT n.name,
-           coalesce(j.installed_at, (SELECT value::timestamptz FROM @schema@.meta WHERE key = 'installed_at')),
+           coalesce(j.installed_at,
+                    (SELECT to_timestamp(value::float8) FROM @schema@.meta WHERE key = 'installed_at')),
            j.max_age,
            last.started_at, last.finished_at, last.status, last.error, last.rows_deleted,
            success.finished_at
@@ -357,24 +362,29 @@ $$;
 -- backwards for a job that has not run lately. Only callable where pg_cron
 -- lives in this database; PL/pgSQL, so that it can be created where it does not.
 CREATE OR REPLACE FUNCTION @schema@.status_cron(jobnames text[], window_size bigint)
-RETURNS TABLE (jobid bigint, jobname text, schedule text, command text, active boolean,
+RETURNS TABLE (jobid bigint, jobname text, schedule text, active boolean,
                run_status text, return_message text, start_time timestamptz, end_time timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    floor bigint := (SELECT last_value FROM cron.runid_seq) - window_size;
+    -- Clamped: the caller may be a monitoring role, and must not make it scan the table.
+    floor bigint := (SELECT last_value FROM cron.runid_seq) - least(greatest(window_size, 0), 10000);
 BEGIN
     RETURN QUERY
-    WITH ours AS (SELECT * FROM cron.job WHERE cron.job.jobname = ANY(jobnames)),
+    -- Only dbjobs' jobs of this database, whatever names are asked for: the
+    -- definer's other pg_cron jobs (commands, errors) are none of a monitor's business.
+    WITH ours AS (SELECT * FROM cron.job
+                   WHERE cron.job.jobname = ANY(jobnames) AND cron.job.jobname LIKE 'dbjobs:%'
+                     AND cron.job.database = current_database()),
          latest AS (
             SELECT DISTINCT ON (r.jobid) r.jobid, r.status, r.return_message, r.start_time, r.end_time
               FROM cron.job_run_details r
              WHERE r.runid > floor AND r.jobid IN (SELECT o.jobid FROM ours o)
                AND r.status IN ('succeeded', 'failed')
              ORDER BY r.jobid, r.runid DESC)
-    SELECT j.jobid, j.jobname::text, j.schedule, j.command, j.active,
+    SELECT j.jobid, j.jobname::text, j.schedule, j.active,
            d.status, d.return_message, d.start_time, d.end_time
       FROM ours j
       LEFT JOIN latest d ON d.jobid = j.jobid

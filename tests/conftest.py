@@ -103,6 +103,12 @@ def app_separate(pg_servers: dict[str, servers.Server]) -> Iterator[AppDb]:
     yield from _make_app("separate", pg_servers["separate"])
 
 
+@pytest.fixture
+def app_same(pg_servers: dict[str, servers.Server]) -> Iterator[AppDb]:
+    """A fresh application whose database is the pg_cron database."""
+    yield from _make_app("same", pg_servers["same"])
+
+
 def _make_app(layout: str, server: servers.Server) -> Iterator[AppDb]:
     n = next(_counter)
     if layout == "same":

@@ -29,6 +29,9 @@ def test_monitoring_role(app: AppDb, dbjobs_cli) -> None:
         assert denied.code == 3 and "permission denied" in denied.err
 
         app.execute(sql.SQL(GRANTS).format(role=sql.Identifier(role)))
+        # An upgrade creates the functions again: the grants must survive it.
+        app.execute("UPDATE dbjobs.meta SET value = 'older' WHERE key = 'sql_digest'")
+        assert "update schema" in dbjobs_cli("--dsn", app.dsn, "install").out
         result = dbjobs_cli("--dsn", monitor_dsn, "status", "--format", "json")
         report = json.loads(result.out)
         assert result.code == 0, result.err
@@ -63,3 +66,18 @@ def test_monitoring_role(app: AppDb, dbjobs_cli) -> None:
     finally:
         app.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         app.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_status_cron_shows_nothing_but_dbjobs_jobs_of_this_database(app_same: AppDb, dbjobs_cli) -> None:
+    app = app_same
+    app.execute(DEFAULT_TABLES)
+    assert dbjobs_cli("--dsn", app.dsn, "install").code == 0
+    command = "COPY (SELECT 1) TO PROGRAM 'curl -u admin:S3cret example.invalid'"
+    [(secret,)] = app.cron("SELECT cron.schedule('backup', '@daily', %s)", [command])
+    try:
+        asked = ["backup", f"dbjobs:{app.database}:refresh_tokens"]
+        rows = app.execute("SELECT * FROM dbjobs.status_cron(%s, 1000000000)", [asked])
+        assert [row[1] for row in rows] == [f"dbjobs:{app.database}:refresh_tokens"]
+        assert all("S3cret" not in str(row) for row in rows)
+    finally:
+        app.cron("SELECT cron.unschedule(%s::bigint)", [secret])

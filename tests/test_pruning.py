@@ -59,11 +59,12 @@ def test_maintenance_job_prunes_only_dbjobs_old_pg_cron_history(app: AppDb, dbjo
             [job, app.database, status, age, age],
         )
 
+    # In the order pg_cron would have written them: run ids grow with time.
+    add(foreign, "30 days")  # another application's history is not dbjobs' to prune
     add(jobid, None, "failed")  # could not start, before the old run below: old too
     add(jobid, "10 days")
     add(jobid, None, "failed")  # could not start, after the last old run: kept
     add(jobid, "1 day")
-    add(foreign, "30 days")  # another application's history is not dbjobs' to prune
     # Run the maintenance command as pg_cron would, as the installing role.
     with psycopg.connect(app.cron_dsn, autocommit=True) as conn:
         assert conn.execute(command).rowcount == 2
@@ -71,7 +72,7 @@ def test_maintenance_job_prunes_only_dbjobs_old_pg_cron_history(app: AppDb, dbjo
         "SELECT jobid, end_time IS NULL FROM cron.job_run_details WHERE jobid IN (%s, %s) ORDER BY runid",
         [jobid, foreign],
     )
-    assert left == [(jobid, True), (jobid, False), (foreign, False)]
+    assert left == [(foreign, False), (jobid, True), (jobid, False)]
 
     # Status reports the maintenance job like any job, from pg_cron's history.
     app.cron(
