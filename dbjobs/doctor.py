@@ -48,7 +48,7 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
     preload, may_create = conn.execute(sqlfiles.query("install.sql", "preload")).fetchone() or (None, False)
     try:
         with cron.locate(conn, config, for_changes=False) as site:
-            checks += _pg_cron_checks(site, preload)
+            checks += _pg_cron_checks(site, preload, config.enabled)
     except DbjobsError as exc:
         checks.append(Check("pg_cron", "fail", str(exc)))
         return checks
@@ -61,7 +61,11 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
     checks.append(Check("configuration", "pass", f"{len(jobs)} jobs from {config.source}"))
     checks += _index_checks(conn, jobs)
 
-    report = status(conn, config)
+    try:
+        report = status(conn, config)
+    except (DbjobsError, psycopg.Error) as exc:
+        checks.append(Check("jobs", "fail", f"cannot read the status: {' '.join(str(exc).split())}"))
+        return checks
     if not report.installed:
         fix = (
             "run `dbjobs install`"
@@ -83,7 +87,7 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
     return checks
 
 
-def _pg_cron_checks(site: cron.CronSite, preload: str | None) -> list[Check]:
+def _pg_cron_checks(site: cron.CronSite, preload: str | None, enabled: bool) -> list[Check]:
     version = site.version_text
     where = "this database" if site.same_database else f"database {site.cron_database!r}"
     checks = [Check("pg_cron", "pass", f"pg_cron {version} in {where} (cron.database_name)")]
@@ -108,10 +112,8 @@ def _pg_cron_checks(site: cron.CronSite, preload: str | None) -> list[Check]:
         checks.append(Check("privileges", "fail", "no USAGE on schema cron", grant))
     elif not site.same_database and not site.may_execute(cron.SCHEDULE_IN_DATABASE, cron.ALTER_JOB):
         checks.append(Check("privileges", "fail", "may not schedule jobs in another database", grant))
-    elif not site.may_execute(cron.ALTER_JOB):
-        checks.append(
-            Check("privileges", "warn", "may not run cron.alter_job: enabled = false will fail", grant)
-        )
+    elif not enabled and not site.may_execute(cron.ALTER_JOB):
+        checks.append(Check("privileges", "fail", "enabled = false needs cron.alter_job, not granted", grant))
     else:
         checks.append(Check("privileges", "pass", "may schedule and change dbjobs' jobs"))
     return checks

@@ -146,12 +146,16 @@ def status(conn: psycopg.Connection[Any], config: Config) -> Report:
             job_status(job, facts, now, grace, enabled=config.enabled, installed=installed, known=known)
         )
 
-    # dbjobs' maintenance job runs plain SQL, so pg_cron's history is its only history.
-    registered_job, cron_run, (installed_at, *_) = facts_of(cron.MAINTENANCE_JOB)
-    success_at = cron_run.finished_at if cron_run and cron_run.status == "succeeded" else None
-    facts = JobFacts(registered_job, installed_at, None, cron_run, success_at, None)
-    maintenance = Job(cron.MAINTENANCE_JOB, "", (), config.history_retention, cron.MAINTENANCE_SCHEDULE)
-    jobs.append(job_status(maintenance, facts, now, grace, enabled=True, installed=installed, known=known))
+    # dbjobs' maintenance job runs plain SQL, so pg_cron's history is its only
+    # history, and only its latest 2,000 runs are read: it is reported ok or
+    # failing from its latest run seen there, pending when none is, never stale.
+    # Where pg_cron's rows cannot be read at all, it is left out.
+    if known:
+        registered_job, cron_run, _ = facts_of(cron.MAINTENANCE_JOB)
+        success_at = cron_run.finished_at if cron_run and cron_run.status == "succeeded" else None
+        facts = JobFacts(registered_job, None, None, cron_run, success_at, None)
+        maintenance = Job(cron.MAINTENANCE_JOB, "", (), config.history_retention, cron.MAINTENANCE_SCHEDULE)
+        jobs.append(job_status(maintenance, facts, now, grace, enabled=True, installed=installed))
 
     overall = max((j.status for j in jobs), key=SEVERITY.__getitem__, default="pass")
     if not installed or scheduler.running is False:
@@ -184,10 +188,14 @@ def job_status(
 
     stale_at = _stale_at(job, facts, grace)
     active = facts.registered.active if facts.registered else (enabled if not known else False)
+    error = last.error if last else None
     if not installed or (known and facts.registered is None):
         state = "missing"
-    elif not enabled or not active:
+    elif not enabled:
         state = "inactive"
+    elif not active:  # switched off in pg_cron behind dbjobs' back: it will not run
+        state = "stale"
+        error = "inactive in pg_cron although enabled in the configuration: run `dbjobs install`"
     elif last is not None and last.status == "failed":
         state = "failing"
     elif stale_at is not None and now > stale_at:
@@ -209,7 +217,7 @@ def job_status(
         last_run_at=last.at if last else None,
         last_run_status=last.status if last else None,
         last_success_at=facts.last_success_at,
-        last_error=last.error if last else None,
+        last_error=error,
         last_rows_deleted=last.rows_deleted if last else None,
         last_duration_ms=duration,
         next_run_at=schedule.next_fire(job.schedule, now) if state not in ("inactive", "missing") else None,

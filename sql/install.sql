@@ -18,12 +18,15 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
  WHERE n.nspname = %(schema)s;
 
 -- name: index_for_column
--- Whether some valid index of the table has the column as its first key, so
--- that the cleanup's comparison on that column can use it.
+-- Whether some valid, complete btree index of the table has the column as its
+-- first key, so that the cleanup's range comparison on that column can use it
+-- (a hash index cannot serve "<", a partial index not every row).
 SELECT EXISTS (
     SELECT FROM pg_index i
+      JOIN pg_class c ON c.oid = i.indexrelid
+      JOIN pg_am am ON am.oid = c.relam AND am.amname = 'btree'
      WHERE i.indrelid = to_regclass(%(table)s)
-       AND i.indisvalid
+       AND i.indisvalid AND i.indpred IS NULL
        AND i.indkey[0] = (SELECT attnum FROM pg_attribute
                            WHERE attrelid = i.indrelid AND attname = %(column)s AND NOT attisdropped));
 

@@ -26,7 +26,11 @@ SELECT DISTINCT ON (d.jobid) d.jobid, d.status, d.return_message, d.start_time, 
 -- roles' rows, backend_type is not (without pg_read_all_stats); the third
 -- column says whether this role can see other sessions at all.
 SELECT pg_is_in_recovery(),
-       EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'pg_cron scheduler'),
+       -- Any session may call itself 'pg_cron scheduler': the launcher also runs
+       -- as the bootstrap superuser (OID 10) in pg_cron's database.
+       EXISTS (SELECT FROM pg_stat_activity
+                WHERE application_name = 'pg_cron scheduler' AND usesysid = 10
+                  AND datname = current_database()),
        pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
            OR EXISTS (SELECT FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND application_name IS NOT NULL),
        now(),

@@ -38,8 +38,10 @@ def test_monitoring_role(app: AppDb, dbjobs_cli) -> None:
         assert report["scheduler"]["running"] is True
         states = {job["name"]: job["state"] for job in report["jobs"]}
         assert states == {
-            "refresh_tokens": "ok", "email_verifications": "ok", "password_resets": "ok",
-            "login_attempts": "ok", "_maintenance": "pending",
+            "refresh_tokens": "ok", "email_verifications": "ok",
+            "password_resets": "ok", "login_attempts": "ok",
+            # dbjobs' maintenance job lives only in pg_cron's history: out of sight in the other layout
+            **({"_maintenance": "pending"} if app.layout == "same" else {}),
         }  # fmt: skip
         rows = {job["name"]: job["last_rows_deleted"] for job in report["jobs"]}
         assert rows["email_verifications"] == 3

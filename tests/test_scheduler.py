@@ -53,3 +53,18 @@ def test_terminated_launcher_fails_the_status(own_server: Server, dbjobs_cli) ->
     if version.startswith("1.4"):  # pg_cron 1.4 never restarts a terminated launcher
         time.sleep(2)
         assert dbjobs_cli("--dsn", dsn, "status").code == 2
+
+
+def test_a_session_calling_itself_the_scheduler_is_not_taken_for_it(own_server: Server, dbjobs_cli) -> None:
+    """With the launcher terminated, a look-alike session must not pass for it."""
+    with psycopg.connect(own_server.dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'pg_cron scheduler' AND usesysid = 10"
+        )
+        conn.execute("CREATE ROLE nobody_special LOGIN")
+    dsn = psycopg.conninfo.make_conninfo(own_server.dsn, application_name="pg_cron scheduler")
+    impostor_dsn = psycopg.conninfo.make_conninfo(dsn, user="nobody_special")
+    with psycopg.connect(impostor_dsn):
+        report = json.loads(dbjobs_cli("--dsn", own_server.dsn, "status", "--format", "json").out)
+    assert report["scheduler"]["running"] is False

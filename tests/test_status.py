@@ -139,3 +139,14 @@ def test_a_run_pg_cron_could_not_start_counts_as_failed(installed, app: AppDb, d
     cron_run("succeeded", "CALL", started=True)
     assert report(dbjobs_cli, app, config)["jobs"][0]["state"] == "ok"
     app.cron("DELETE FROM cron.job_run_details WHERE jobid = %s", [jobid])
+
+
+def test_a_job_switched_off_in_pg_cron_behind_dbjobs_back_warns(installed, app: AppDb, dbjobs_cli) -> None:
+    config = installed()
+    add_run(app, "succeeded", "1 minute")
+    [(jobid, *_)] = app.cron_jobs()
+    app.cron("SELECT cron.alter_job(%s, active => false)", [jobid])
+    data = report(dbjobs_cli, app, config)
+    [job] = data["jobs"]
+    assert (data["status"], job["state"], job["active"]) == ("warn", "stale", False)
+    assert "run `dbjobs install`" in job["last_error"]
