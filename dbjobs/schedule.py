@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from cronsim import CronSim, CronSimError
 
@@ -74,5 +75,13 @@ def next_fire(expression: str, after: datetime) -> datetime | None:
     """The first time strictly after ``after`` (UTC) at which pg_cron starts the job."""
     if needs_pg_cron_1_5(expression):
         return None
-    expr = NICKNAMES.get(expression, expression)
-    return next(CronSim(expr, after.astimezone(UTC).replace(second=0, microsecond=0)))
+    return _next_fire(
+        NICKNAMES.get(expression, expression), after.astimezone(UTC).replace(second=0, microsecond=0)
+    )
+
+
+@lru_cache(maxsize=1024)
+def _next_fire(expression: str, minute: datetime) -> datetime:
+    # Cached: status asks the same questions every few seconds, and parsing
+    # the expression costs more than the rest of a job's state.
+    return next(CronSim(expression, minute))
