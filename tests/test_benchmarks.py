@@ -27,15 +27,19 @@ def test_status_benchmark_smoke() -> None:
 
 
 def test_cleanup_benchmark_smoke() -> None:
-    lines = bench("cleanup.py", "--rows", "20000", "--naive-batch", "2000")
+    lines = bench("cleanup.py", "--rows", "20000", "--naive-batch", "2000", "--rounds", "2")
     assert "20,000 rows per table, half expired" in lines[0]
-    assert lines[1].startswith("dbjobs strategy: sweep")
-    assert [line.split("  ")[0] for line in lines[2:]] == [
-        "single DELETE",
-        "dbjobs run_job",
-        "naive IN batches of 2000",
-    ]
-    assert all("throughput vs single DELETE" in line and "longest transaction" in line for line in lines[2:])
+    assert lines[1].startswith("round 1 (dbjobs strategy: sweep")
+    assert [line.split()[0] for line in lines[2:4]] == ["single", "dbjobs"]
+    assert lines[4].startswith("round 2")
+    assert [line.split()[0] for line in lines[5:7]] == ["dbjobs", "single"]  # alternated
+    assert all(
+        "throughput vs single DELETE" in line and "longest transaction" in line
+        for line in lines[2:7:1]
+        if line.startswith("  ")
+    )
+    assert lines[7].startswith("naive IN batches of 2000: ")
+    assert lines[8].startswith("dbjobs throughput vs single DELETE: median ") and "over 2 rounds" in lines[8]
 
 
 def test_contention_benchmark_smoke() -> None:
