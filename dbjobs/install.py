@@ -133,7 +133,7 @@ def _check_schedules(jobs: list[ResolvedJob], site: cron.CronSite) -> None:
         if schedule.needs_pg_cron_1_5(job.job.schedule) and site.version < (1, 5):
             raise ConfigError(
                 f"job {job.name!r}: schedule: {job.job.schedule!r} needs pg_cron 1.5 or later "
-                f"(this server has {'.'.join(map(str, site.version))})"
+                f"(this server has {site.version_text})"
             )
 
 

@@ -30,15 +30,6 @@ class Server:
     def dsn_for(self, dbname: str) -> str:
         return psycopg.conninfo.make_conninfo(self.dsn, dbname=dbname)
 
-    def version(self) -> str:
-        with psycopg.connect(self.dsn) as conn:
-            row = conn.execute(
-                "SELECT current_setting('server_version'), "
-                "(SELECT extversion FROM pg_extension WHERE extname = 'pg_cron')"
-            ).fetchone()
-        assert row is not None
-        return f"PostgreSQL {row[0]}, pg_cron {row[1]}"
-
 
 def _from_dsn(dsn: str) -> Server:
     with psycopg.connect(dsn, autocommit=True) as conn:
