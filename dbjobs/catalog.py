@@ -94,15 +94,7 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
             "(create it, or quote mixed-case names like '\"My Table\"')"
         )
     schema, table, relkind, oid, may_delete = row
-    if relkind == "p":
-        # A ctid is only unique within one partition: batches by ctid would match
-        # rows of other partitions. Until partitions are handled as such, each
-        # partition can be a job of its own.
-        raise ConfigError(
-            f"{where}: table: {job.table!r} is partitioned, which dbjobs does not clean yet: "
-            "configure a job per partition"
-        )
-    if relkind != "r":
+    if relkind not in ("r", "p"):
         raise ConfigError(f"{where}: table: {job.table!r} is not a table")
     if not may_delete:
         raise ConfigError(
@@ -110,7 +102,8 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
             "(UPDATE for the row locks that let the cleanup skip rows the application holds): "
             "GRANT them, or install as the table's owner"
         )
-
+    if relkind == "p":
+        _check_partitions(conn, job, oid)
     columns = dict(
         conn.execute(
             """
@@ -134,6 +127,43 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
     if job.where is not None:
         _check_predicate(conn, resolved)
     return resolved
+
+
+def _check_partitions(conn: psycopg.Connection[Any], job: Job, oid: int) -> None:
+    """A partitioned table is cleaned one partition at a time, through each partition.
+
+    Rows are deleted from each leaf partition directly (a ctid is only unique
+    within one), which needs the privileges on every leaf; dropping or
+    detaching a partition needs to own it and its parent.
+    """
+    where = f"job {job.name!r}"
+    row = conn.execute(
+        """
+        SELECT (SELECT t.relid::text FROM pg_partition_tree(%(oid)s::regclass) t
+                 WHERE t.isleaf AND NOT (has_table_privilege(t.relid, 'SELECT')
+                                         AND has_table_privilege(t.relid, 'UPDATE')
+                                         AND has_table_privilege(t.relid, 'DELETE'))
+                 LIMIT 1),
+               (SELECT t.relid::text FROM pg_partition_tree(%(oid)s::regclass) t
+                  JOIN pg_class c ON c.oid = t.relid
+                 WHERE NOT pg_has_role(c.relowner, 'USAGE')
+                 LIMIT 1)
+        """,
+        {"oid": oid},
+    ).fetchone()
+    assert row is not None
+    no_privileges, not_owned = row
+    if no_privileges:
+        raise ConfigError(
+            f"{where}: table: the connected role needs SELECT, UPDATE and DELETE on partition "
+            f"{no_privileges} of {job.table!r}: GRANT them, or install as the owner"
+        )
+    if not_owned and job.partitions != "delete":
+        raise ConfigError(
+            f"{where}: partitions: {job.partitions} needs the connected role to own {not_owned} "
+            f"(a partition of {job.table!r}, or the table): install as its owner, "
+            'or set partitions = "delete" to delete rows only'
+        )
 
 
 def _check_predicate(conn: psycopg.Connection[Any], job: ResolvedJob) -> None:

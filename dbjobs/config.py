@@ -34,6 +34,7 @@ class Job:
     batch_size: int = DEFAULT_BATCH_SIZE
     where: str | None = None
     max_age: str | None = None
+    partitions: str = "drop"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,11 @@ LEGACY_SCHEDULE_VARS = {
 }
 
 TOP_KEYS = {"schema", "enabled", "history_retention", "grace", "cron_dsn", "jobs"}
-JOB_KEYS = {"table", "expires", "retain", "schedule", "batch_size", "where", "max_age"}
+JOB_KEYS = {"table", "expires", "retain", "schedule", "batch_size", "where", "max_age", "partitions"}
+# What a run does with the partitions of a range-partitioned table that lie
+# wholly past retention: drop them, detach them (left as tables of their own),
+# or delete their rows in batches like any other rows.
+PARTITION_MODES = ("drop", "detach", "delete")
 REQUIRED_JOB_KEYS = ("table", "expires", "retain", "schedule")
 # DBJOBS_<KEY> overrides a top-level key.
 ENV_KEYS = ("schema", "enabled", "history_retention", "grace", "cron_dsn")
@@ -184,6 +189,11 @@ def _parse_job(name: str, spec: Any) -> Job:
     max_age = spec.get("max_age")
     if max_age is not None:
         _require_text(where, "max_age", max_age)
+    partitions = spec.get("partitions", "drop")
+    if partitions not in PARTITION_MODES:
+        raise ConfigError(
+            f"{where}: partitions must be one of {', '.join(map(repr, PARTITION_MODES))}, not {partitions!r}"
+        )
 
     return Job(
         name=name,
@@ -194,6 +204,7 @@ def _parse_job(name: str, spec: Any) -> Job:
         batch_size=batch_size,
         where=predicate,
         max_age=max_age,
+        partitions=partitions,
     )
 
 

@@ -65,6 +65,7 @@ class _JobRow:
     batch_size: int
     schedule: str
     max_age: str | None
+    partitions: str
 
     @classmethod
     def of(cls, job: ResolvedJob) -> _JobRow:
@@ -77,6 +78,7 @@ class _JobRow:
             job.job.batch_size,
             job.job.schedule,
             job.max_age,
+            job.job.partitions,
         )
 
 
@@ -182,12 +184,14 @@ def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, _Jo
         sql.SQL(
             """
             SELECT name, table_schema, table_name, expires, retain::text, predicate, batch_size,
-                   schedule, max_age::text
-              FROM {} ORDER BY name
+                   schedule, max_age::text,
+                   -- read before an upgrade adds the column
+                   coalesce(to_jsonb(j) ->> 'partitions', 'drop')
+              FROM {} AS j ORDER BY name
             """
         ).format(sql.Identifier(schema, "job"))
     ).fetchall()
-    return {r[0]: _JobRow(r[1], r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows}
+    return {r[0]: _JobRow(r[1], r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8], r[9]) for r in rows}
 
 
 def _plan_jobs(
@@ -327,13 +331,14 @@ def _apply(
             sql.SQL(
                 """
                 INSERT INTO {} AS j (name, table_schema, table_name, expires, retain, predicate,
-                                     batch_size, schedule, max_age)
-                VALUES (%s, %s, %s, %s, %s::interval, %s, %s, %s, %s::interval)
+                                     batch_size, schedule, max_age, partitions)
+                VALUES (%s, %s, %s, %s, %s::interval, %s, %s, %s, %s::interval, %s)
                 ON CONFLICT (name) DO UPDATE SET
                     table_schema = excluded.table_schema, table_name = excluded.table_name,
                     expires = excluded.expires, retain = excluded.retain,
                     predicate = excluded.predicate, batch_size = excluded.batch_size,
                     schedule = excluded.schedule, max_age = excluded.max_age,
+                    partitions = excluded.partitions,
                     installed_at = now()  -- staleness counts from the latest definition
                 """
             ).format(sql.Identifier(schema, "job")),
@@ -347,6 +352,7 @@ def _apply(
                 row.batch_size,
                 row.schedule,
                 row.max_age,
+                row.partitions,
             ],
         )
         command = cron.command(schema, job.name)

@@ -25,6 +25,8 @@ class RunResult:
     started_at: datetime | None
     duration_ms: float | None
     error: str | None
+    partitions_removed: int = 0
+    partitions_mode: str = "drop"  # how they were removed: drop | detach
 
     @property
     def ok(self) -> bool:
@@ -33,7 +35,14 @@ class RunResult:
     def line(self) -> str:
         if self.status == "succeeded":
             rows = "row" if self.rows_deleted == 1 else "rows"
-            return f"{self.job}: deleted {self.rows_deleted} {rows} in {self.duration_ms or 0:.1f} ms"
+            line = f"{self.job}: deleted {self.rows_deleted} {rows} in {self.duration_ms or 0:.1f} ms"
+            if self.partitions_removed:
+                n, done = (
+                    self.partitions_removed,
+                    "detached" if self.partitions_mode == "detach" else "dropped",
+                )
+                line += f" ({n} partition{'' if n == 1 else 's'} {done})"
+            return line
         if self.status == "skipped":
             return f"{self.job}: skipped: {self.error}"
         return f"{self.job}: failed after deleting {self.rows_deleted} rows: {self.error}"
@@ -93,12 +102,13 @@ def run(
                 failure = exc  # the procedure records its failure before raising; read it below
         latest = sql.SQL(
             """
-            SELECT id, status, rows_deleted, started_at,
-                   extract(epoch FROM finished_at - started_at) * 1000, error
-              FROM {} WHERE job = %s AND id > %s
-             ORDER BY id DESC LIMIT 1
+            SELECT r.id, r.status, r.rows_deleted, r.started_at,
+                   extract(epoch FROM r.finished_at - r.started_at) * 1000, r.error,
+                   r.partitions_removed, (SELECT j.partitions FROM {} j WHERE j.name = r.job)
+              FROM {} r WHERE r.job = %s AND r.id > %s
+             ORDER BY r.id DESC LIMIT 1
             """
-        ).format(history)
+        ).format(sql.Identifier(config.schema, "job"), history)
         row = conn.execute(latest, [job, before[0] if before else 0]).fetchone()
         if row is not None and row[1] == "running" and failure is not None:
             # Cancelled (statement timeout, pg_cancel_backend): the procedure's
@@ -113,9 +123,16 @@ def run(
         conn.autocommit = saved
     if row is None:
         raise DbjobsError(f"job {job!r}: the run did not start: {failure}") from failure
-    _, status, rows, started, duration, error = row
+    _, status, rows, started, duration, error, removed, mode = row
     return RunResult(
-        job, status, int(rows), started, float(duration) if duration is not None else None, error
+        job,
+        status,
+        int(rows),
+        started,
+        float(duration) if duration is not None else None,
+        error,
+        int(removed),
+        mode or "drop",
     )
 
 

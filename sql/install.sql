@@ -12,7 +12,8 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
              UNION ALL
              SELECT p.proname::text FROM pg_proc p
               WHERE p.pronamespace = n.oid
-                AND p.proname NOT IN ('expired_rule', 'start_run', 'delete_batch', 'finish_run', 'run_job',
+                AND p.proname NOT IN ('expired_rule', 'partition_expired', 'removable_partitions', 'start_run',
+                                      'next_target', 'remove_partition', 'delete_batch', 'finish_run', 'run_job',
                                       'status_history', 'status_cron'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;

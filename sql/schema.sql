@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS @schema@.job (
     max_age      interval,
     installed_at timestamptz NOT NULL DEFAULT now()
 );
+-- For a partitioned table: what to do with partitions lying wholly past
+-- retention (see remove_partition).
+ALTER TABLE @schema@.job ADD COLUMN IF NOT EXISTS partitions text NOT NULL DEFAULT 'drop'
+    CHECK (partitions IN ('drop', 'detach', 'delete'));
 
 -- Every run, scheduled or manual, including skipped and failed ones.
 -- No foreign key to job: history outlives a job removed from the config.
@@ -56,6 +60,11 @@ ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS sweep_next bigint;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS sweep_end bigint;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS pages_per_batch integer;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS estimated_rows bigint;
+-- The relation whose rows are being deleted: the table, or one leaf partition
+-- of it at a time. Partitions still to drop or detach, and how many were.
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS target oid;
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS removable oid[];
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS partitions_removed integer NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS run_job_latest ON @schema@.run (job, id DESC);
 CREATE INDEX IF NOT EXISTS run_job_latest_success ON @schema@.run (job, id DESC)
     WHERE status = 'succeeded';
@@ -101,6 +110,82 @@ AS $$
 $$;
 
 
+-- Whether every row of a partition is expired by its bounds alone, so that
+-- the partition can go whole: for some expiry column c, the partition's
+-- constraint (its bounds and its ancestors') refutes "c >= cutoff OR c IS
+-- NULL". The planner decides, with constraint exclusion: the same proof that
+-- lets it skip the partition in a query, so no bound is parsed here. Never a
+-- default partition (it holds the rows no bound covers, NULLs included), and
+-- never with a `where` predicate, which bounds cannot prove.
+CREATE OR REPLACE FUNCTION @schema@.partition_expired(j @schema@.job, part regclass, cutoff timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET constraint_exclusion = 'on'
+AS $$
+DECLARE
+    col      name;
+    col_type text;
+    bound    text;
+    plan     json;
+BEGIN
+    IF j.predicate IS NOT NULL
+       OR (SELECT pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' FROM pg_class c WHERE c.oid = part)
+    THEN
+        RETURN false;
+    END IF;
+    FOREACH col IN ARRAY j.expires LOOP
+        SELECT format_type(a.atttypid, NULL) INTO col_type
+          FROM pg_attribute a WHERE a.attrelid = part AND a.attname = col AND NOT a.attisdropped;
+        -- The cutoff in the column's own type, so that the comparison is
+        -- immutable and the planner may use it in a proof (for a date column
+        -- it rounds down: a partition ending on the cutoff's day waits a day).
+        EXECUTE format('SELECT $1::%s::text', col_type) INTO bound USING cutoff;
+        EXECUTE format('EXPLAIN (FORMAT JSON, COSTS OFF) SELECT FROM %s WHERE %I >= %L::%s OR %I IS NULL',
+                       part, col, bound, col_type, col)
+           INTO plan;
+        IF plan -> 0 -> 'Plan' ->> 'Node Type' = 'Result'
+           AND plan -> 0 -> 'Plan' ->> 'One-Time Filter' = 'false'
+           AND plan -> 0 -> 'Plan' -> 'Plans' IS NULL
+        THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+
+-- The partitions of a job's table that lie wholly past retention, outermost
+-- first (a partition that goes takes its own sub-partitions with it).
+CREATE OR REPLACE FUNCTION @schema@.removable_partitions(j @schema@.job, cutoff timestamptz)
+RETURNS oid[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part   record;
+    chosen oid[] := '{}';
+BEGIN
+    IF j.partitions = 'delete' OR j.predicate IS NOT NULL THEN
+        RETURN chosen;
+    END IF;
+    FOR part IN
+        SELECT t.relid FROM pg_partition_tree(format('%I.%I', j.table_schema, j.table_name)::regclass) t
+         WHERE t.level > 0 ORDER BY t.level, t.relid
+    LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM pg_partition_ancestors(part.relid) a
+                               WHERE a.relid::oid = ANY(chosen));
+        IF @schema@.partition_expired(j, part.relid, cutoff) THEN
+            chosen := chosen || part.relid::oid;
+        END IF;
+    END LOOP;
+    RETURN chosen;
+END
+$$;
+
+
 -- Opens a run: records it as running and returns its id, or records it as
 -- skipped and returns NULL when another session is running the same job.
 CREATE OR REPLACE FUNCTION @schema@.start_run(job_name text, run_trigger text)
@@ -115,8 +200,6 @@ DECLARE
     cutoff   timestamptz;
     plan     json;
     expired  float8;
-    tuples   float8;
-    pages    bigint;
 BEGIN
     SELECT * INTO j FROM @schema@.job WHERE name = job_name;
     IF NOT FOUND THEN
@@ -139,12 +222,7 @@ BEGIN
            error = 'interrupted: the session running it ended before it finished'
      WHERE job = job_name AND status = 'running';
 
-    -- How to delete. When a large share of the table is expired, sweeping it in
-    -- physical order (a TID range scan per batch of pages, PostgreSQL 14+)
-    -- visits each page once, as the single DELETE would, at the same speed;
-    -- batches picked through the indexes would visit scattered pages again
-    -- and again. When a small share is expired, index-driven batches read far
-    -- less. The planner's estimate decides, as it does for a single DELETE.
+    -- The planner's estimate of the rows to delete, for progress reports.
     cutoff := now() - j.retain;
     BEGIN
         EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM %I.%I WHERE %s',
@@ -154,35 +232,146 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         expired := NULL;  -- the first batch will fail the same way, and be recorded
     END;
-    SELECT c.reltuples, pg_relation_size(c.oid) / current_setting('block_size')::bigint
-      INTO tuples, pages
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE n.nspname = j.table_schema AND c.relname = j.table_name;
 
-    INSERT INTO @schema@.run (job, trigger, status, cutoff, estimated_rows, strategy,
-                              sweep_next, sweep_end, pages_per_batch)
-    SELECT job_name, run_trigger, 'running', cutoff, expired::bigint, s.strategy,
-           CASE WHEN s.strategy = 'sweep' THEN 0 END,
-           CASE WHEN s.strategy = 'sweep' THEN pages END,
-           -- pages holding about batch_size expired rows, so that a batch stays short
-           CASE WHEN s.strategy = 'sweep'
-                THEN least(greatest(ceil(j.batch_size * pages / greatest(expired, 1)), 1), 100000)::integer
-           END
-      FROM (SELECT CASE WHEN current_setting('server_version_num')::int >= 140000
-                         AND tuples > 0 AND expired >= 0.05 * tuples
-                        THEN 'sweep' ELSE 'index' END AS strategy) s
+    INSERT INTO @schema@.run (job, trigger, status, cutoff, estimated_rows, removable)
+    VALUES (job_name, run_trigger, 'running', cutoff, expired::bigint,
+            @schema@.removable_partitions(j, cutoff))
     RETURNING id INTO run_id;
     RETURN run_id;
 END
 $$;
 
 
--- Deletes one batch of the run's expired rows; returns how many, or NULL when
--- the run is done. TimeZone is pinned so that timestamp and date columns are
--- read as UTC by scheduled and manual runs alike. lock_timeout keeps a batch
--- from waiting on rows the application holds: the batch that hits one is
--- rolled back (its subtransaction) and done again with SKIP LOCKED, so only
--- that batch pays for row locks, and the held rows are left to a later run.
+-- Points the run at the next relation whose rows it deletes (the table itself,
+-- or the next leaf partition after `after`) and chooses how. Returns false
+-- when there is none left.
+--
+-- How: when a large share of the relation is expired, sweeping it in physical
+-- order (a TID range scan per batch of pages, PostgreSQL 14+) visits each page
+-- once, as the single DELETE would, at the same speed; batches picked through
+-- the indexes would visit scattered pages again and again. When a small share
+-- is expired, index-driven batches read far less. The planner's estimate
+-- decides, as it does for a single DELETE.
+CREATE OR REPLACE FUNCTION @schema@.next_target(run_id bigint, after oid)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    r        @schema@.run;
+    j        @schema@.job;
+    root     regclass;
+    leaf     regclass;
+    plan     json;
+    expired  float8;
+    tuples   float8;
+    pages    bigint;
+    how      text;
+BEGIN
+    SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
+    SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
+    root := format('%I.%I', j.table_schema, j.table_name)::regclass;
+    SELECT l.relid INTO leaf
+      FROM (SELECT root AS relid  -- a table that is not partitioned is its own only leaf
+             WHERE NOT EXISTS (SELECT FROM pg_partitioned_table p WHERE p.partrelid = root)
+            UNION ALL
+            SELECT t.relid FROM pg_partition_tree(root) t WHERE t.isleaf) l
+     WHERE l.relid::oid > after
+     ORDER BY l.relid::oid LIMIT 1;
+    IF leaf IS NULL THEN
+        -- Done. strategy keeps the way the last relation was cleaned.
+        UPDATE @schema@.run SET target = NULL, strategy = coalesce(strategy, 'none') WHERE id = run_id;
+        RETURN false;
+    END IF;
+
+    BEGIN
+        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM %s WHERE %s', leaf, @schema@.expired_rule(j))
+           INTO plan USING r.cutoff;
+        expired := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
+    EXCEPTION WHEN OTHERS THEN
+        expired := NULL;  -- the first batch will fail the same way, and be recorded
+    END;
+    SELECT c.reltuples, pg_relation_size(c.oid) / current_setting('block_size')::bigint
+      INTO tuples, pages
+      FROM pg_class c WHERE c.oid = leaf;
+    how := CASE WHEN current_setting('server_version_num')::int >= 140000
+                      AND tuples > 0 AND expired >= 0.05 * tuples
+                     THEN 'sweep' ELSE 'index' END;
+
+    UPDATE @schema@.run
+       SET target = leaf, strategy = how,
+           sweep_next = CASE WHEN how = 'sweep' THEN 0 END,
+           sweep_end = CASE WHEN how = 'sweep' THEN pages END,
+           -- pages holding about batch_size expired rows, so that a batch stays short
+           pages_per_batch = CASE WHEN how = 'sweep'
+               THEN least(greatest(ceil(j.batch_size * pages / greatest(expired, 1)), 1), 100000)::integer
+           END
+     WHERE id = run_id;
+    RETURN true;
+END
+$$;
+
+
+-- Drops (or detaches) the next partition of the run's list, and counts its
+-- rows as deleted. Its parent is locked against ATTACH/DETACH (not against
+-- the application's reads and writes) while the bounds are checked again;
+-- DROP or DETACH then needs an ACCESS EXCLUSIVE lock on the parent for a
+-- moment: lock_timeout keeps that wait short, and a partition that cannot be
+-- had (a lock, a view or foreign key depending on it, a missing privilege)
+-- is left where it is: its rows are deleted in batches like any others.
+CREATE OR REPLACE FUNCTION @schema@.remove_partition(run_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET lock_timeout = '200ms'
+AS $$
+DECLARE
+    r      @schema@.run;
+    j      @schema@.job;
+    part   regclass;
+    parent regclass;
+    n      bigint := 0;
+BEGIN
+    SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
+    SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
+    UPDATE @schema@.run SET removable = removable[2:] WHERE id = run_id;
+    SELECT i.inhrelid, i.inhparent INTO part, parent FROM pg_inherits i WHERE i.inhrelid = r.removable[1];
+    IF part IS NULL THEN
+        RETURN 0;  -- gone, or no longer a partition
+    END IF;
+    BEGIN
+        EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE', parent);
+        IF NOT @schema@.partition_expired(j, part, r.cutoff) THEN
+            RETURN 0;
+        END IF;
+        EXECUTE format('SELECT count(*) FROM %s', part) INTO n;
+        IF j.partitions = 'detach' THEN
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part);
+        ELSE
+            EXECUTE format('DROP TABLE %s', part);
+        END IF;
+    EXCEPTION WHEN lock_not_available OR dependent_objects_still_exist OR insufficient_privilege
+                   OR object_in_use OR foreign_key_violation THEN
+        RAISE NOTICE 'dbjobs: partition % stays (%); its rows are deleted in batches', part, SQLERRM;
+        RETURN 0;
+    END;
+    UPDATE @schema@.run
+       SET rows_deleted = rows_deleted + n, partitions_removed = partitions_removed + 1
+     WHERE id = run_id;
+    RETURN n;
+END
+$$;
+
+
+-- Deletes one batch of the run's expired rows (or removes one partition);
+-- returns how many, or NULL when the run is done. TimeZone is pinned so that
+-- timestamp and date columns are read as UTC by scheduled and manual runs
+-- alike. lock_timeout keeps a batch from waiting on rows the application
+-- holds: the batch that hits one is rolled back (its subtransaction) and done
+-- again with SKIP LOCKED, so only that batch pays for row locks, and the held
+-- rows are left to a later run.
 CREATE OR REPLACE FUNCTION @schema@.delete_batch(run_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -199,25 +388,31 @@ DECLARE
     deleted bigint;
 BEGIN
     SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
+    IF cardinality(r.removable) > 0 THEN
+        RETURN @schema@.remove_partition(run_id);
+    END IF;
+    IF r.target IS NULL THEN
+        -- Not started (no strategy yet), or done.
+        RETURN CASE WHEN r.strategy IS NULL AND @schema@.next_target(run_id, 0) THEN 0 END;
+    END IF;
     SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
     rule := @schema@.expired_rule(j);
 
     IF r.strategy = 'sweep' THEN
         IF r.sweep_next >= r.sweep_end THEN
-            RETURN NULL;
+            RETURN CASE WHEN @schema@.next_target(run_id, r.target) THEN 0 END;
         END IF;
         lo := format('(%s,0)', r.sweep_next)::tid;
         hi := format('(%s,0)', r.sweep_next + r.pages_per_batch)::tid;
         BEGIN
-            EXECUTE format('DELETE FROM %1$I.%2$I WHERE ctid >= $2 AND ctid < $3 AND %3$s',
-                           j.table_schema, j.table_name, rule)
+            EXECUTE format('DELETE FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s', r.target::regclass, rule)
             USING r.cutoff, lo, hi;
         EXCEPTION WHEN lock_not_available THEN
             EXECUTE format(
-                'DELETE FROM %1$I.%2$I WHERE ctid = ANY(ARRAY('
-                '    SELECT ctid FROM %1$I.%2$I WHERE ctid >= $2 AND ctid < $3 AND %3$s FOR UPDATE SKIP LOCKED'
-                ')) AND %3$s',
-                j.table_schema, j.table_name, rule)
+                'DELETE FROM %1$s WHERE ctid = ANY(ARRAY('
+                '    SELECT ctid FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s FOR UPDATE SKIP LOCKED'
+                ')) AND %2$s',
+                r.target::regclass, rule)
             USING r.cutoff, lo, hi;
         END;
         GET DIAGNOSTICS deleted = ROW_COUNT;
@@ -231,14 +426,14 @@ BEGIN
     -- key), skip rows the application holds locked, and re-check the rule on
     -- the rows actually deleted.
     EXECUTE format(
-        'DELETE FROM %1$I.%2$I WHERE ctid = ANY(ARRAY('
-        '    SELECT ctid FROM %1$I.%2$I WHERE %3$s LIMIT %4$s FOR UPDATE SKIP LOCKED'
-        ')) AND %3$s',
-        j.table_schema, j.table_name, rule, j.batch_size)
+        'DELETE FROM %1$s WHERE ctid = ANY(ARRAY('
+        '    SELECT ctid FROM %1$s WHERE %2$s LIMIT %3$s FOR UPDATE SKIP LOCKED'
+        ')) AND %2$s',
+        r.target::regclass, rule, j.batch_size)
     USING r.cutoff;
     GET DIAGNOSTICS deleted = ROW_COUNT;
     IF deleted = 0 THEN
-        RETURN NULL;
+        RETURN CASE WHEN @schema@.next_target(run_id, r.target) THEN 0 END;
     END IF;
     UPDATE @schema@.run SET rows_deleted = rows_deleted + deleted WHERE id = run_id;
     RETURN deleted;

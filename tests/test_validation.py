@@ -58,7 +58,10 @@ GOOD_SECOND_JOB = (
         (job(where='"true; DROP TABLE sessions"'), "job 'sessions': where:"),
         (job(where='"true FROM sessions UNION SELECT true"'), "job 'sessions': where:"),
         (job() + GOOD_SECOND_JOB.replace('"2 days"', '"2 dayz"'), "job 'other': retain"),
-        (job(table='"by_month"'), "job 'sessions': table: 'by_month' is partitioned"),
+        (
+            job(table='"by_month"', partitions='"archive"'),
+            "job 'sessions': partitions must be one of 'drop', 'detach', 'delete', not 'archive'",
+        ),
         ('schema = "public"\n' + job(), "schema: 'public' is not dbjobs' own"),
         ('schema = "pg_dbjobs"\n' + job(), "schema: 'pg_dbjobs' is not dbjobs' own"),
         ('schema = "x$$ y"\n' + job(), "schema: 'x$$ y' must be at most 63 bytes, without '$'"),
