@@ -47,3 +47,15 @@ def test_contention_benchmark_smoke() -> None:
     assert "20,000 rows, half expired" in lines[0]
     assert [line[:16].strip() for line in lines[1:]] == ["idle", "dbjobs cleanup", "single DELETE"]
     assert all(" p50 " in line for line in lines[1:])
+
+
+def test_partitions_benchmark_smoke() -> None:
+    lines = bench("partitions.py", "--rows", "20000")
+    assert "20,000 rows per table in 20 partitions" in lines[0]
+    assert [line[:30].strip() for line in lines[1:4]] == [
+        "single DELETE",
+        'dbjobs, partitions "delete"',
+        'dbjobs, partitions "drop"',
+    ]
+    assert all("throughput vs single DELETE" in line and "WAL" in line for line in lines[1:4])
+    assert lines[4].endswith("9 partitions removed")
