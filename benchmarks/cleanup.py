@@ -14,6 +14,7 @@ DELETE and dbjobs run --rounds times on fresh tables (who goes first alternates)
 median ratio is printed; the naive loop, much slower, runs once.
 
     .venv/bin/python benchmarks/cleanup.py                 # 2,000,000 rows
+    .venv/bin/python benchmarks/cleanup.py --durable       # fsync on, as in production
     .venv/bin/python benchmarks/cleanup.py --rows 20000    # a quick smoke run
 """
 
@@ -98,6 +99,11 @@ def main() -> None:
         default=3,
         help="single DELETE vs dbjobs on fresh tables, alternating who goes first",
     )
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="fsync, synchronous_commit and full_page_writes on (default: off, as in a scratch cluster)",
+    )
     args = parser.parse_args()
     config = parse_config(
         {"jobs": {"bench": {"table": "t_dbjobs", "expires": "expires_at", "retain": "30 days",
@@ -105,7 +111,7 @@ def main() -> None:
     )  # fmt: skip
     single = "DELETE FROM t_single WHERE expires_at < now() - interval '30 days'"
 
-    with ThrowawayServer(cron_database="app") as pg:
+    with ThrowawayServer(cron_database="app", durable=args.durable) as pg:
         pg.create_pg_cron()
         dsn = pg.dsn("app")
 
@@ -119,8 +125,9 @@ def main() -> None:
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(NAIVE)
+        fsync = "on" if args.durable else "off"
         print(f"{pg.version()}; {args.rows:,} rows per table, half expired; "
-              f"dbjobs batch_size {DEFAULT_BATCH_SIZE} (default); fsync off")  # fmt: skip
+              f"dbjobs batch_size {DEFAULT_BATCH_SIZE} (default); fsync {fsync}")  # fmt: skip
 
         ratios = []
         for round_ in range(args.rounds):

@@ -61,6 +61,9 @@ class ThrowawayServer:
 
     cron_database: str = "postgres"
     preload_pg_cron: bool = True
+    # False: fsync, synchronous_commit and full_page_writes off, for speed. True:
+    # left at their defaults (on), as on a production server (benchmarks).
+    durable: bool = False
     bindir: Path = field(default_factory=find_bindir)
     port: int = field(default_factory=_free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dbjobs-pg-")))
@@ -111,13 +114,12 @@ class ThrowawayServer:
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.workdir}'",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
             "max_connections": "100",
             "timezone": "'UTC'",
             "log_min_messages": "warning",
         }
+        if not self.durable:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         if self.preload_pg_cron:
             settings |= {
                 "shared_preload_libraries": "'pg_cron'",
