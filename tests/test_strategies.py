@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from tests.conftest import AppDb
@@ -50,3 +51,44 @@ def test_strategy_follows_the_expired_share(
     assert app.count("events") == total - expected
     [(used, rows)] = app.execute("SELECT strategy, rows_deleted FROM dbjobs.run")
     assert (used, rows) == (strategy, expected)
+
+
+@pytest.mark.parametrize("column_type", ["timestamptz", "timestamp", "date"])
+def test_index_batches_walk_each_column_in_order(
+    app_same: AppDb, dbjobs_cli, write_config, column_type: str
+) -> None:
+    """Keyset batches: equal expiry values straddling batches, two columns, a row the app holds."""
+    app = app_same
+    app.execute(
+        f"""
+        CREATE TABLE events (id int PRIMARY KEY, expires_at {column_type}, consumed_at {column_type},
+                             keep boolean NOT NULL DEFAULT false);
+        INSERT INTO events (id, expires_at, consumed_at, keep)
+        SELECT i,
+               -- every 40th row expired, ten rows per expiry value
+               CASE WHEN i % 40 = 0 THEN now() - (10 + i / 400) * interval '1 day'
+                    ELSE now() + interval '1 day' END,
+               CASE WHEN i % 40 = 7 THEN now() - (10 + i / 400) * interval '1 day' END,
+               i % 11 = 0
+          FROM generate_series(1, 20000) i;
+        CREATE INDEX ON events (expires_at);
+        CREATE INDEX ON events (consumed_at);
+        ANALYZE events;
+        """
+    )
+    rule = "(expires_at < now() - interval '1 day' OR consumed_at < now() - interval '1 day') AND NOT keep"
+    expected, total = app.count("events", rule), app.count("events")
+    config = write_config(CONFIG.replace("batch_size = 50", "batch_size = 7"))
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
+    with psycopg.connect(app.dsn) as holder:
+        holder.execute("SELECT 1 FROM events WHERE id = 800 FOR UPDATE")  # expired, and held
+        result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "events")
+    assert f"events: deleted {expected - 1} rows" in result.out, result
+    assert app.execute("SELECT id FROM events WHERE " + rule) == [(800,)]
+    assert app.count("events") == total - expected + 1
+    [(used, rows)] = app.execute("SELECT strategy, rows_deleted FROM dbjobs.run")
+    assert (used, rows) == ("index", expected - 1)
+
+    result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "events")
+    assert "events: deleted 1 row" in result.out
+    assert app.count("events", rule) == 0
