@@ -59,6 +59,8 @@ ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS strategy text;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS sweep_next bigint;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS sweep_end bigint;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS pages_per_batch integer;
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS pages_max integer;
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS largest_batch bigint;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS estimated_rows bigint;
 -- The relation whose rows are being deleted: the table, or one leaf partition
 -- of it at a time. Partitions still to drop or detach, and how many were.
@@ -272,6 +274,7 @@ DECLARE
     tuples   float8;
     pages    bigint;
     how      text;
+    first_pages integer;
 BEGIN
     SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
     SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
@@ -302,15 +305,19 @@ BEGIN
     how := CASE WHEN current_setting('server_version_num')::int >= 140000
                       AND tuples > 0 AND expired >= 0.05 * tuples
                      THEN 'sweep' ELSE 'index' END;
+    first_pages := least(greatest(ceil(j.batch_size * pages / greatest(tuples, 1)), 1), 100000);
 
     UPDATE @schema@.run
        SET target = leaf, strategy = how,
            sweep_next = CASE WHEN how = 'sweep' THEN 0 END,
            sweep_end = CASE WHEN how = 'sweep' THEN pages END,
-           -- pages holding about batch_size expired rows, so that a batch stays short
-           pages_per_batch = CASE WHEN how = 'sweep'
-               THEN least(greatest(ceil(j.batch_size * pages / greatest(expired, 1)), 1), 100000)::integer
-           END,
+           -- The first batch covers the pages that hold batch_size rows in all,
+           -- as if every row were expired; each batch then sizes the next one
+           -- from the expired rows it met (see delete_batch), up to ten times
+           -- that: expired rows are rarely spread evenly (the oldest rows fill
+           -- the first pages), and a batch must stay short wherever it lands.
+           pages_per_batch = CASE WHEN how = 'sweep' THEN first_pages END,
+           pages_max = CASE WHEN how = 'sweep' THEN least(10 * first_pages, 100000) END,
            keyset_column = CASE WHEN how = 'index' THEN 1 END,
            keyset_from = CASE WHEN how = 'index' THEN timestamptz '-infinity' END
      WHERE id = run_id;
@@ -394,6 +401,7 @@ DECLARE
     deleted  bigint;
     col      name;
     last_key timestamptz;
+    started  timestamptz;
 BEGIN
     SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
     IF cardinality(r.removable) > 0 THEN
@@ -412,6 +420,7 @@ BEGIN
         END IF;
         lo := format('(%s,0)', r.sweep_next)::tid;
         hi := format('(%s,0)', r.sweep_next + r.pages_per_batch)::tid;
+        started := clock_timestamp();
         BEGIN
             EXECUTE format('DELETE FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s', r.target::regclass, rule)
             USING r.cutoff, lo, hi;
@@ -424,8 +433,16 @@ BEGIN
             USING r.cutoff, lo, hi;
         END;
         GET DIAGNOSTICS deleted = ROW_COUNT;
+        -- The next batch: the pages that would hold batch_size expired rows at
+        -- this batch's density (at most twice or a quarter of these), within
+        -- pages_max; half of these after a batch slower than 250 ms.
         UPDATE @schema@.run
-           SET rows_deleted = rows_deleted + deleted, sweep_next = sweep_next + pages_per_batch
+           SET rows_deleted = rows_deleted + deleted, sweep_next = sweep_next + pages_per_batch,
+               largest_batch = greatest(largest_batch, deleted),
+               pages_per_batch = least(greatest(1, CASE
+                   WHEN clock_timestamp() - started > interval '250 ms' THEN pages_per_batch / 2
+                   ELSE round(pages_per_batch * least(2, greatest(0.25, j.batch_size::float8 / greatest(deleted, 1))))
+               END), pages_max)
          WHERE id = run_id;
         RETURN deleted;
     END IF;
@@ -455,7 +472,10 @@ BEGIN
         END IF;
         RETURN CASE WHEN @schema@.next_target(run_id, r.target) THEN 0 END;
     END IF;
-    UPDATE @schema@.run SET rows_deleted = rows_deleted + deleted, keyset_from = last_key WHERE id = run_id;
+    UPDATE @schema@.run
+       SET rows_deleted = rows_deleted + deleted, keyset_from = last_key,
+           largest_batch = greatest(largest_batch, deleted)
+     WHERE id = run_id;
     RETURN deleted;
 END
 $$;

@@ -92,3 +92,35 @@ def test_index_batches_walk_each_column_in_order(
     result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "events")
     assert "events: deleted 1 row" in result.out
     assert app.count("events", rule) == 0
+
+
+@pytest.mark.parametrize(
+    ("expired", "largest"),
+    [
+        ("i % 2 = 0", 2),  # spread evenly
+        ("i <= 4000", 2),  # the oldest rows, packed in the first pages
+        ("i > 16000", 10),  # after 80 % of pages with none: the bound is ten batches' worth
+    ],
+)
+def test_sweep_batches_stay_near_batch_size_wherever_expired_rows_lie(
+    app_same: AppDb, dbjobs_cli, write_config, expired: str, largest: int
+) -> None:
+    app = app_same
+    app.execute(
+        f"""
+        CREATE TABLE events (id int PRIMARY KEY, expires_at timestamptz, consumed_at timestamptz,
+                             keep boolean NOT NULL DEFAULT false, pad text DEFAULT repeat('x', 80));
+        INSERT INTO events (id, expires_at)
+        SELECT i, CASE WHEN {expired} THEN now() - interval '3 days' ELSE now() + interval '1 day' END
+          FROM generate_series(1, 20000) i;
+        """
+    )
+    app.execute("VACUUM ANALYZE events")
+    expected = app.count("events", "expires_at < now() - interval '1 day'")
+    config = write_config(CONFIG.replace("batch_size = 50", "batch_size = 100"))
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
+    result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "events")
+    assert f"events: deleted {expected} rows" in result.out, result
+    [(strategy, biggest)] = app.execute("SELECT strategy, largest_batch FROM dbjobs.run")
+    assert strategy == "sweep"
+    assert biggest <= largest * 100
