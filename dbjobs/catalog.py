@@ -27,6 +27,7 @@ class ResolvedJob:
     table_name: str
     retain: str
     max_age: str | None
+    partitioned: bool = False
 
     @property
     def name(self) -> str:
@@ -123,7 +124,7 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
                 "not timestamp, timestamptz or date"
             )
 
-    resolved = ResolvedJob(job, schema, table, retain, max_age)
+    resolved = ResolvedJob(job, schema, table, retain, max_age, partitioned=relkind == "p")
     if job.where is not None:
         _check_predicate(conn, resolved)
     return resolved

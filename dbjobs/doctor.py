@@ -128,10 +128,13 @@ def _index_checks(conn: psycopg.Connection[Any], jobs: list[catalog.ResolvedJob]
             checks.append(Check(name, "pass", f"{', '.join(job.job.expires)} indexed"))
             continue
         table = job.qualified_table
-        fixes = "; ".join(
-            f"CREATE INDEX CONCURRENTLY ON {table} ({sql.Identifier(column).as_string(None)})"
-            for column in missing
-        )
+        columns = [sql.Identifier(column).as_string(None) for column in missing]
+        if job.partitioned:  # CONCURRENTLY is refused on a partitioned table
+            fixes = "; ".join(f"CREATE INDEX ON ONLY {table} ({column})" for column in columns) + (
+                ", then on each partition CREATE INDEX CONCURRENTLY and ALTER INDEX ... ATTACH PARTITION"
+            )
+        else:
+            fixes = "; ".join(f"CREATE INDEX CONCURRENTLY ON {table} ({column})" for column in columns)
         detail = f"no index leads with {', '.join(missing)}: each run reads the whole of {table}"
         checks.append(Check(name, "warn", detail, fixes))
     return checks

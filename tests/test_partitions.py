@@ -205,3 +205,21 @@ def test_removing_partitions_needs_to_own_them(app_separate: AppDb, dbjobs_cli, 
         assert passed.code == 3 and "may not use pg_cron's schema" in passed.err, passed
     finally:
         app.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+def test_doctor_checks_the_partitioned_index(app_separate: AppDb, dbjobs_cli, write_config) -> None:
+    app = app_separate
+    make_table(app)
+    path = write_config(config())
+    assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
+    assert (
+        "PASS  index for sessions: expires_at indexed"
+        in dbjobs_cli("--dsn", app.dsn, "--config", path, "doctor").out
+    )
+
+    app.execute("DROP INDEX sessions_expires_at_idx")
+    result = dbjobs_cli("--dsn", app.dsn, "--config", path, "doctor")
+    assert result.code == 1
+    assert (
+        'fix: CREATE INDEX ON ONLY "public"."sessions" ("expires_at"), then on each partition' in result.out
+    )
