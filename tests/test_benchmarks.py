@@ -59,3 +59,9 @@ def test_partitions_benchmark_smoke() -> None:
     ]
     assert all("throughput vs single DELETE" in line and "WAL" in line for line in lines[1:4])
     assert lines[4].endswith("9 partitions removed")
+
+
+def test_contention_benchmark_partitioned_smoke() -> None:
+    lines = bench("contention.py", "--rows", "20000", "--seconds", "2", "--partitioned")
+    assert "range-partitioned, the expired half in 10 partitions" in lines[0]
+    assert lines[2].startswith("dbjobs cleanup") and lines[2].endswith("10 partitions dropped")
