@@ -148,12 +148,21 @@ def _check_partitions(conn: psycopg.Connection[Any], job: Job, oid: int) -> None
                (SELECT t.relid::text FROM pg_partition_tree(%(oid)s::regclass) t
                   JOIN pg_class c ON c.oid = t.relid
                  WHERE NOT pg_has_role(c.relowner, 'USAGE')
+                 LIMIT 1),
+               (SELECT t.relid::text FROM pg_partition_tree(%(oid)s::regclass) t
+                  JOIN pg_class c ON c.oid = t.relid
+                 WHERE t.isleaf AND c.relkind <> 'r'
                  LIMIT 1)
         """,
         {"oid": oid},
     ).fetchone()
     assert row is not None
-    no_privileges, not_owned = row
+    no_privileges, not_owned, foreign = row
+    if foreign:
+        raise ConfigError(
+            f"{where}: table: partition {foreign} of {job.table!r} is a foreign table: "
+            "dbjobs cleans local tables only (clean it where it lives)"
+        )
     if no_privileges:
         raise ConfigError(
             f"{where}: table: the connected role needs SELECT, UPDATE and DELETE on partition "

@@ -26,6 +26,7 @@ class RunResult:
     duration_ms: float | None
     error: str | None
     partitions_removed: int = 0
+    partition_rows: int = 0  # the rows they held, as the statistics estimate them
     partitions_mode: str = "drop"  # how they were removed: drop | detach
 
     @property
@@ -37,11 +38,12 @@ class RunResult:
             rows = "row" if self.rows_deleted == 1 else "rows"
             line = f"{self.job}: deleted {self.rows_deleted} {rows} in {self.duration_ms or 0:.1f} ms"
             if self.partitions_removed:
-                n, done = (
-                    self.partitions_removed,
-                    "detached" if self.partitions_mode == "detach" else "dropped",
+                done = "detached" if self.partitions_mode == "detach" else "dropped"
+                plural = "" if self.partitions_removed == 1 else "s"
+                line += (
+                    f" and {done} {self.partitions_removed} partition{plural}"
+                    f" (about {self.partition_rows} rows)"
                 )
-                line += f" ({n} partition{'' if n == 1 else 's'} {done})"
             return line
         if self.status == "skipped":
             return f"{self.job}: skipped: {self.error}"
@@ -104,7 +106,8 @@ def run(
             """
             SELECT r.id, r.status, r.rows_deleted, r.started_at,
                    extract(epoch FROM r.finished_at - r.started_at) * 1000, r.error,
-                   r.partitions_removed, (SELECT j.partitions FROM {} j WHERE j.name = r.job)
+                   r.partitions_removed, r.partition_rows,
+                   (SELECT j.partitions FROM {} j WHERE j.name = r.job)
               FROM {} r WHERE r.job = %s AND r.id > %s
              ORDER BY r.id DESC LIMIT 1
             """
@@ -123,7 +126,7 @@ def run(
         conn.autocommit = saved
     if row is None:
         raise DbjobsError(f"job {job!r}: the run did not start: {failure}") from failure
-    _, status, rows, started, duration, error, removed, mode = row
+    _, status, rows, started, duration, error, removed, partition_rows, mode = row
     return RunResult(
         job,
         status,
@@ -132,6 +135,7 @@ def run(
         float(duration) if duration is not None else None,
         error,
         int(removed),
+        int(partition_rows),
         mode or "drop",
     )
 

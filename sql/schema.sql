@@ -67,6 +67,9 @@ ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS estimated_rows bigint;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS target oid;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS removable oid[];
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS partitions_removed integer NOT NULL DEFAULT 0;
+-- The rows those partitions held, from the statistics (counting them would be
+-- a scan as long as the partitions are big).
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS partition_rows bigint NOT NULL DEFAULT 0;
 -- Index-driven batches walk one expiry column at a time (its position in
 -- job.expires), each batch starting from the last value the previous one saw.
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS keyset_column integer;
@@ -137,8 +140,15 @@ DECLARE
     plan     json;
 BEGIN
     IF j.predicate IS NOT NULL
-       OR (SELECT pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' FROM pg_class c WHERE c.oid = part)
+       OR (SELECT c.relkind NOT IN ('r', 'p') OR pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
+             FROM pg_class c WHERE c.oid = part)
     THEN
+        RETURN false;
+    END IF;
+    -- A partitioned partition without partitions plans as empty whatever the
+    -- query: that proves nothing about its bounds.
+    EXECUTE format('EXPLAIN (FORMAT JSON, COSTS OFF) SELECT FROM %s', part) INTO plan;
+    IF plan -> 0 -> 'Plan' ->> 'Node Type' = 'Result' AND plan -> 0 -> 'Plan' -> 'Plans' IS NULL THEN
         RETURN false;
     END IF;
     FOREACH col IN ARRAY j.expires LOOP
@@ -326,8 +336,8 @@ END
 $$;
 
 
--- Drops (or detaches) the next partition of the run's list, and counts its
--- rows as deleted. Its parent is locked against ATTACH/DETACH (not against
+-- Drops (or detaches) the next partition of the run's list; returns the rows
+-- it held, as the statistics know them. Its parent is locked against ATTACH/DETACH (not against
 -- the application's reads and writes) while the bounds are checked again;
 -- DROP or DETACH then needs an ACCESS EXCLUSIVE lock on the parent for a
 -- moment: lock_timeout keeps that wait short, and a partition that cannot be
@@ -345,6 +355,7 @@ DECLARE
     j      @schema@.job;
     part   regclass;
     parent regclass;
+    leaf   record;
     n      bigint := 0;
 BEGIN
     SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
@@ -359,7 +370,17 @@ BEGIN
         IF NOT @schema@.partition_expired(j, part, r.cutoff) THEN
             RETURN 0;
         END IF;
-        EXECUTE format('SELECT count(*) FROM %s', part) INTO n;
+        -- Only a partition never vacuumed nor analyzed (reltuples -1) is counted.
+        FOR leaf IN
+            SELECT t.relid, c.reltuples FROM pg_partition_tree(part) t JOIN pg_class c ON c.oid = t.relid
+             WHERE t.isleaf
+        LOOP
+            IF leaf.reltuples >= 0 THEN
+                n := n + leaf.reltuples::bigint;
+            ELSE
+                EXECUTE format('SELECT %s + count(*) FROM %s', n, leaf.relid) INTO n;
+            END IF;
+        END LOOP;
         IF j.partitions = 'detach' THEN
             EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part);
         ELSE
@@ -371,7 +392,7 @@ BEGIN
         RETURN 0;
     END;
     UPDATE @schema@.run
-       SET rows_deleted = rows_deleted + n, partitions_removed = partitions_removed + 1
+       SET partition_rows = partition_rows + n, partitions_removed = partitions_removed + 1
      WHERE id = run_id;
     RETURN n;
 END

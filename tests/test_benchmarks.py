@@ -58,7 +58,7 @@ def test_partitions_benchmark_smoke() -> None:
         'dbjobs, partitions "drop"',
     ]
     assert all("throughput vs single DELETE" in line and "WAL" in line for line in lines[1:4])
-    assert lines[4].endswith("9 partitions removed")
+    assert "9 partitions of about" in lines[4]
 
 
 def test_contention_benchmark_partitioned_smoke() -> None:

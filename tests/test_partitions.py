@@ -85,14 +85,14 @@ def test_old_partitions_are_dropped_and_the_rest_deleted_in_batches(
     assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
     result = dbjobs_cli("--dsn", app.dsn, "--config", path, "run", "sessions")
     assert result.code == 0, result
-    assert f"sessions: deleted {expected} rows" in result.out
-    assert "3 partitions dropped" in result.out
+    assert f"sessions: deleted {expected - in_old} rows" in result.out
+    assert f"and dropped 3 partitions (about {in_old} rows)" in result.out  # ANALYZEd: exact here
 
     assert partitions(app) == {"p_now", "p_next", "p_later", "p_default"}
     assert app.count("sessions", RULE) == 0
     assert app.count("sessions") == total - expected
     assert app.count("sessions", "expires_at IS NULL") == 5  # NULL never expires
-    assert last_run(app) == ("succeeded", expected, 3)
+    assert last_run(app) == ("succeeded", expected - in_old, 3)
 
     # Nothing is left to do, and nothing else goes.
     again = dbjobs_cli("--dsn", app.dsn, "--config", path, "run", "sessions")
@@ -107,7 +107,7 @@ def test_detached_partitions_keep_their_rows(app_separate: AppDb, dbjobs_cli, wr
     path = write_config(config(partitions='"detach"'))
     assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
     result = dbjobs_cli("--dsn", app.dsn, "--config", path, "run", "sessions")
-    assert "3 partitions detached" in result.out, result
+    assert f"and detached 3 partitions (about {sum(in_old.values())} rows)" in result.out, result
     assert partitions(app) == {"p_now", "p_next", "p_later", "p_default"}
     assert {name: app.count(name) for name in OLD} == in_old  # tables of their own now
     assert app.count("sessions", RULE) == 0
@@ -145,19 +145,20 @@ def test_a_partition_in_use_is_emptied_now_and_dropped_later(
     app = app_separate
     make_table(app)
     expected = app.count("sessions", RULE)
+    dropped = app.count("p_old1") + app.count("p_old3")
     path = write_config(config())
     assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
     with psycopg.connect(app.dsn) as reader:
         reader.execute("SELECT count(*) FROM p_old2")  # holds ACCESS SHARE until it ends
         result = dbjobs_cli("--dsn", app.dsn, "--config", path, "run", "sessions")
         assert result.code == 0, result
-        assert f"sessions: deleted {expected} rows" in result.out
-        assert "2 partitions dropped" in result.out
+        assert f"sessions: deleted {expected - dropped} rows" in result.out
+        assert f"and dropped 2 partitions (about {dropped} rows)" in result.out
         assert reader.execute("SELECT count(*) FROM p_old2").fetchone() == (0,)  # still usable
     assert partitions(app) == {"p_old2", "p_now", "p_next", "p_later", "p_default"}
 
     again = dbjobs_cli("--dsn", app.dsn, "--config", path, "run", "sessions")
-    assert "sessions: deleted 0 rows" in again.out and "1 partition dropped" in again.out
+    assert "sessions: deleted 0 rows" in again.out and "and dropped 1 partition " in again.out
     assert partitions(app) == {"p_now", "p_next", "p_later", "p_default"}
 
 
@@ -174,11 +175,13 @@ def test_sub_partitions_go_with_their_parent(app_separate: AppDb, dbjobs_cli, wr
           FROM generate_series(1, 2) t, generate_series(0, 99) d;
         """
     )
-    expected = app.count("sessions", RULE)
+    expected, in_old = app.count("sessions", RULE), app.count("t1_old")
     path = write_config(config())
     assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
     result = dbjobs_cli("--dsn", app.dsn, "--config", path, "run", "sessions")
-    assert f"sessions: deleted {expected} rows" in result.out and "1 partition dropped" in result.out, result
+    assert f"sessions: deleted {expected - in_old} rows" in result.out, result
+    # Never analyzed: its rows are counted.
+    assert f"and dropped 1 partition (about {in_old} rows)" in result.out
     assert partitions(app) == {"t1", "t1_new", "t2"}
     assert app.count("sessions", RULE) == 0
     assert app.count("sessions") == 200 - expected
@@ -223,3 +226,35 @@ def test_doctor_checks_the_partitioned_index(app_separate: AppDb, dbjobs_cli, wr
     assert (
         'fix: CREATE INDEX ON ONLY "public"."sessions" ("expires_at"), then on each partition' in result.out
     )
+
+
+def test_only_bounds_prove_a_partition_dead(app_separate: AppDb, dbjobs_cli, write_config) -> None:
+    """An empty partitioned partition plans as empty whatever the query: it is not taken as expired."""
+    app = app_separate
+    make_table(app)
+    app.execute(
+        "CREATE TABLE p_ahead PARTITION OF sessions FOR VALUES FROM (now() + interval '400 days')"
+        " TO (now() + interval '500 days') PARTITION BY RANGE (expires_at)"
+    )
+    path = write_config(config())
+    assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
+    result = dbjobs_cli("--dsn", app.dsn, "--config", path, "run", "sessions")
+    assert "and dropped 3 partitions" in result.out, result
+    assert partitions(app) == {"p_now", "p_next", "p_later", "p_ahead", "p_default"}
+
+
+def test_foreign_partitions_are_refused(app_separate: AppDb, dbjobs_cli, write_config) -> None:
+    app = app_separate
+    make_table(app)
+    app.execute(
+        f"""
+        CREATE EXTENSION postgres_fdw;
+        CREATE SERVER elsewhere FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname '{app.database}');
+        CREATE FOREIGN TABLE p_remote PARTITION OF sessions
+            FOR VALUES FROM (now() + interval '400 days') TO (now() + interval '500 days') SERVER elsewhere;
+        """
+    )
+    result = dbjobs_cli("--dsn", app.dsn, "--config", write_config(config()), "install")
+    assert result.code == 2
+    assert "job 'sessions': table: partition p_remote of 'sessions' is a foreign table" in result.err
+    assert "dbjobs" not in app.schemas()
