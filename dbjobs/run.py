@@ -150,7 +150,8 @@ def _watch(
         return
     done = threading.Event()
     query = sql.SQL(
-        "SELECT rows_deleted, estimated_rows FROM {} WHERE job = %s AND id > %s AND status = 'running'"
+        "SELECT rows_deleted + partition_rows, estimated_rows FROM {}"
+        " WHERE job = %s AND id > %s AND status = 'running'"
     ).format(sql.Identifier(config.schema, "run"))
 
     def poll() -> None:
