@@ -6,6 +6,9 @@ the caller's transaction usable and nothing behind.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,16 +61,34 @@ def interval(conn: psycopg.Connection[Any], where: str, key: str, text: str) -> 
 
 
 def validate(conn: psycopg.Connection[Any], config: Config) -> list[ResolvedJob]:
-    """Resolve every job of ``config`` against the catalog, or raise ConfigError."""
-    interval(conn, config.source, "grace", config.grace)
-    retention = interval(conn, config.source, "history_retention", config.history_retention)
-    row = conn.execute("SELECT %s::interval < interval '1 hour'", [retention]).fetchone()
-    if row and row[0]:
-        raise ConfigError(
-            f"{config.source}: history_retention: {config.history_retention!r} is too short: "
-            "keep at least 1 hour of history, or status has nothing to read"
-        )
-    return [_resolve(conn, job) for job in config.jobs]
+    """Resolve every job of ``config`` against the catalog, or raise ConfigError with every problem."""
+    problems: list[str] = []
+    resolved = []
+    with _collect(problems):
+        interval(conn, config.source, "grace", config.grace)
+    with _collect(problems):
+        retention = interval(conn, config.source, "history_retention", config.history_retention)
+        row = conn.execute("SELECT %s::interval < interval '1 hour'", [retention]).fetchone()
+        if row and row[0]:
+            raise ConfigError(
+                f"{config.source}: history_retention: {config.history_retention!r} is too short: "
+                "keep at least 1 hour of history, or status has nothing to read"
+            )
+    for job in config.jobs:
+        with _collect(problems):
+            resolved.append(_resolve(conn, job))
+    if problems:
+        raise ConfigError(problems=problems)
+    return resolved
+
+
+@contextmanager
+def _collect(problems: list[str]) -> Iterator[None]:
+    """Record a ConfigError's lines and go on, so that one pass finds every problem."""
+    try:
+        yield
+    except ConfigError as exc:
+        problems.extend(exc.problems)
 
 
 def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
@@ -208,9 +229,18 @@ def _check_predicate(conn: psycopg.Connection[Any], job: ResolvedJob) -> None:
     except _Rollback:
         pass
     except psycopg.Error as exc:
+        if ";" in _QUOTED.sub("", predicate):
+            raise ConfigError(
+                f"{where}: where: {predicate!r} is not a single expression: "
+                "write one boolean SQL expression, without ';'"
+            ) from None
         raise ConfigError(
             f"{where}: where: {predicate!r} is not a valid predicate: {_first_line(exc)}"
         ) from None
+
+
+# String literals and quoted names, whose ';' do not end the expression.
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,15 +12,19 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import schedule
 from .errors import ConfigError
 
 DEFAULT_BATCH_SIZE = 20000
+DEFAULT_SCHEMA = "dbjobs"
+BUILT_IN = "built-in defaults"
 JOB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 
 
@@ -40,15 +44,22 @@ class Job:
 @dataclass(frozen=True)
 class Config:
     jobs: tuple[Job, ...]
-    schema: str = "dbjobs"
+    schema: str = DEFAULT_SCHEMA
     enabled: bool = True
     history_retention: str = "7 days"
     grace: str = "10 minutes"
     cron_dsn: str | None = None
-    source: str = "built-in defaults"
+    # pg_cron's time zone (cron.timezone, pg_cron 1.5+), for roles that may not read it.
+    cron_timezone: str | None = None
+    source: str = BUILT_IN
 
     def job(self, name: str) -> Job | None:
         return next((j for j in self.jobs if j.name == name), None)
+
+    @property
+    def from_file(self) -> bool:
+        """Whether the jobs were written by someone (not the built-in defaults)."""
+        return self.source != BUILT_IN
 
 
 DEFAULT_JOBS = (
@@ -67,7 +78,7 @@ LEGACY_SCHEDULE_VARS = {
     "JOB_LOGIN_CLEANUP": "login_attempts",
 }
 
-TOP_KEYS = {"schema", "enabled", "history_retention", "grace", "cron_dsn", "jobs"}
+TOP_KEYS = {"schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "jobs"}
 JOB_KEYS = {"table", "expires", "retain", "schedule", "batch_size", "where", "max_age", "partitions"}
 # What a run does with the partitions of a range-partitioned table that lie
 # wholly past retention: drop them, detach them (left as tables of their own),
@@ -75,7 +86,7 @@ JOB_KEYS = {"table", "expires", "retain", "schedule", "batch_size", "where", "ma
 PARTITION_MODES = ("drop", "detach", "delete")
 REQUIRED_JOB_KEYS = ("table", "expires", "retain", "schedule")
 # DBJOBS_<KEY> overrides a top-level key.
-ENV_KEYS = ("schema", "enabled", "history_retention", "grace", "cron_dsn")
+ENV_KEYS = ("schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone")
 
 
 def load_config(
@@ -104,7 +115,7 @@ def _read_file(path: str | os.PathLike[str] | None, cwd: Path) -> tuple[dict[str
             if not isinstance(tool["dbjobs"], dict):
                 raise ConfigError("pyproject.toml: [tool.dbjobs] must be a table")
             return tool["dbjobs"], "pyproject.toml [tool.dbjobs]"
-    return {}, "built-in defaults"
+    return {}, BUILT_IN
 
 
 def _parse_toml(file: Path) -> dict[str, Any]:
@@ -120,87 +131,130 @@ def _parse_toml(file: Path) -> dict[str, Any]:
 def parse_config(
     raw: Mapping[str, Any], *, source: str = "config", environ: Mapping[str, str] | None = None
 ) -> Config:
-    """Validate a parsed TOML mapping (plus the environment) into a Config."""
+    """Validate a parsed TOML mapping (plus the environment) into a Config.
+
+    Every problem is reported at once, one line each (ConfigError.problems).
+    """
     env = {} if environ is None else environ
+    problems: list[str] = []
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
-        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
+        problems.append(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
 
     values: dict[str, Any] = {k: raw[k] for k in TOP_KEYS - {"jobs"} if k in raw}
     legacy_enabled = env.get("JOB_ENABLE_CLEANUP")
-    if legacy_enabled is not None:
-        values["enabled"] = _parse_bool("JOB_ENABLE_CLEANUP", legacy_enabled)
+    with _collect(problems):
+        if legacy_enabled is not None:
+            values["enabled"] = _parse_bool("JOB_ENABLE_CLEANUP", legacy_enabled)
     for key in ENV_KEYS:
         var = f"DBJOBS_{key.upper()}"
         if var in env:
-            values[key] = _parse_bool(var, env[var]) if key == "enabled" else env[var]
+            with _collect(problems):
+                values[key] = _parse_bool(var, env[var]) if key == "enabled" else env[var]
 
-    for key in ("schema", "history_retention", "grace"):
+    for key in ("schema", "history_retention", "grace", "cron_timezone"):
         if key in values:
-            _require_text(source, key, values[key])
-    if "schema" in values:
-        _check_schema_name(source, values["schema"])
-    if "cron_dsn" in values and values["cron_dsn"] is not None:
-        _require_text(source, "cron_dsn", values["cron_dsn"])
+            with _collect(problems):
+                _require_text(source, key, values[key])
+    with _collect(problems):
+        if isinstance(values.get("schema"), str):
+            _check_schema_name(source, values["schema"])
+    with _collect(problems):
+        if isinstance(values.get("cron_timezone"), str):
+            _check_timezone(source, values["cron_timezone"])
+    if values.get("cron_dsn") is not None:
+        with _collect(problems):
+            _require_text(source, "cron_dsn", values["cron_dsn"])
     if "enabled" in values and not isinstance(values["enabled"], bool):
-        raise ConfigError(f"{source}: enabled must be true or false")
+        problems.append(f"{source}: enabled must be true or false")
 
     jobs_raw = raw.get("jobs", {})
+    jobs: list[Job] = []
     if not isinstance(jobs_raw, dict):
-        raise ConfigError(f"{source}: jobs must be a table of [jobs.<name>] tables")
-    jobs = tuple(_parse_job(name, spec) for name, spec in jobs_raw.items()) or DEFAULT_JOBS
-    jobs = tuple(_apply_legacy_schedule(job, env) for job in jobs)
-    return Config(jobs=jobs, source=source, **values)
+        problems.append(f"{source}: jobs must be a table of [jobs.<name>] tables")
+    else:
+        for name, spec in jobs_raw.items():
+            job = _parse_job(name, spec, problems)
+            if job is not None:
+                jobs.append(job)
+    configured = tuple(jobs) if jobs_raw else DEFAULT_JOBS
+    resolved = []
+    for job in configured:
+        with _collect(problems):
+            resolved.append(_apply_legacy_schedule(job, env))
+    if problems:
+        raise ConfigError(problems=problems)
+    return Config(jobs=tuple(resolved), source=source, **values)
 
 
-def _parse_job(name: str, spec: Any) -> Job:
+@contextmanager
+def _collect(problems: list[str]) -> Iterator[None]:
+    """Record a ConfigError's lines and go on, so that one pass finds every problem."""
+    try:
+        yield
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+
+
+def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
+    """One job, or None with its problems appended to ``problems``."""
     where = f"job {name!r}"
+    found: list[str] = []
     if not JOB_NAME.match(name):
-        raise ConfigError(
-            f"{where}: invalid job name: use letters, digits and _ (a letter first, at most 40)"
-        )
+        found.append(f"{where}: invalid job name: use letters, digits and _ (a letter first, at most 40)")
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: must be a table ([jobs.{name}])")
+        problems.extend([*found, f"{where}: must be a table ([jobs.{name}])"])
+        return None
     unknown = sorted(set(spec) - JOB_KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(JOB_KEYS))})")
-    for key in REQUIRED_JOB_KEYS:
-        if key not in spec:
-            raise ConfigError(f"{where}: missing key {key!r}")
+        found.append(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(JOB_KEYS))})")
+    found += [f"{where}: missing key {key!r}" for key in REQUIRED_JOB_KEYS if key not in spec]
 
-    table = _require_text(where, "table", spec["table"])
-    expires = spec["expires"]
+    table = expires = retain = schedule_ = None
+    with _collect(found):
+        table = _require_text(where, "table", spec["table"]) if "table" in spec else None
+    expires = spec.get("expires")
     if isinstance(expires, str):
         expires = [expires]
-    if not isinstance(expires, list) or not expires or not all(isinstance(c, str) and c for c in expires):
-        raise ConfigError(f"{where}: expires must be a column name or a non-empty list of column names")
-    if len(set(expires)) != len(expires):
-        raise ConfigError(f"{where}: expires names a column twice")
+    if "expires" in spec and (
+        not isinstance(expires, list) or not expires or not all(isinstance(c, str) and c for c in expires)
+    ):
+        found.append(f"{where}: expires must be a column name or a non-empty list of column names")
+    elif expires and len(set(expires)) != len(expires):
+        found.append(f"{where}: expires names a column twice")
 
     batch_size = spec.get("batch_size", DEFAULT_BATCH_SIZE)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"{where}: batch_size must be a positive integer, not {batch_size!r}")
-    if batch_size > 1_000_000:
-        raise ConfigError(f"{where}: batch_size {batch_size} is too large (at most 1000000)")
+        found.append(f"{where}: batch_size must be a positive integer, not {batch_size!r}")
+    elif batch_size > 1_000_000:
+        found.append(f"{where}: batch_size {batch_size} is too large (at most 1000000)")
 
-    predicate = spec.get("where")
-    if predicate is not None:
-        _require_text(where, "where", predicate)
-    max_age = spec.get("max_age")
-    if max_age is not None:
-        _require_text(where, "max_age", max_age)
+    predicate, max_age = spec.get("where"), spec.get("max_age")
+    with _collect(found):
+        if predicate is not None:
+            _require_text(where, "where", predicate)
+    with _collect(found):
+        if max_age is not None:
+            _require_text(where, "max_age", max_age)
+    with _collect(found):
+        retain = _require_text(where, "retain", spec["retain"]) if "retain" in spec else None
+    with _collect(found):
+        schedule_ = _parse_schedule(where, "schedule", spec["schedule"]) if "schedule" in spec else None
     partitions = spec.get("partitions", "drop")
     if partitions not in PARTITION_MODES:
-        raise ConfigError(
+        found.append(
             f"{where}: partitions must be one of {', '.join(map(repr, PARTITION_MODES))}, not {partitions!r}"
         )
-
+    if found:
+        problems.extend(found)
+        return None
+    assert table is not None and retain is not None and schedule_ is not None and expires
     return Job(
         name=name,
         table=table,
         expires=tuple(expires),
-        retain=_require_text(where, "retain", spec["retain"]),
-        schedule=_parse_schedule(where, "schedule", spec["schedule"]),
+        retain=retain,
+        schedule=schedule_,
         batch_size=batch_size,
         where=predicate,
         max_age=max_age,
@@ -236,6 +290,15 @@ def _check_schema_name(source: str, schema: str) -> None:
         raise ConfigError(f"{source}: schema: {schema!r} must be at most 63 bytes, without '$'")
 
 
+def _check_timezone(source: str, zone: str) -> None:
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{source}: cron_timezone: {zone!r} is not a time zone name (e.g. 'UTC', 'Europe/Berlin')"
+        ) from None
+
+
 def _require_text(where: str, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: {key} must be a non-empty string, not {value!r}")
@@ -251,4 +314,4 @@ def _parse_bool(var: str, value: str) -> bool:
     raise ConfigError(f"{var}={value!r} is not a boolean: use true or false")
 
 
-__all__ = ["DEFAULT_JOBS", "Config", "Job", "load_config", "parse_config"]
+__all__ = ["DEFAULT_JOBS", "DEFAULT_SCHEMA", "Config", "Job", "load_config", "parse_config"]

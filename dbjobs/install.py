@@ -311,10 +311,11 @@ def _apply(
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (key, value) VALUES ('sql_digest', %s), ('history_retention', %s), "
-            "('installed_at', extract(epoch FROM now())::text) "
+            "('installed_at', extract(epoch FROM now())::text), ('enabled', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         ).format(sql.Identifier(schema, "meta")),
-        [sqlfiles.digest(SCHEMA_FILE), config.history_retention],
+        # enabled: so that status, which reads no configuration, tells inactive from switched off.
+        [sqlfiles.digest(SCHEMA_FILE), config.history_retention, str(config.enabled).lower()],
     )
     maintenance = cron_jobs.get(cron.MAINTENANCE_JOB)
     command = cron.maintenance_command(site.database, config.history_retention)

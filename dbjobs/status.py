@@ -11,7 +11,8 @@ import psycopg
 from psycopg import sql
 
 from . import cron, schedule, sqlfiles
-from .config import Config, Job
+from .config import DEFAULT_SCHEMA, Config
+from .errors import one_line_error
 
 # A job's state -> its contribution to the overall status.
 STATE_STATUS = {
@@ -39,6 +40,7 @@ class JobStatus:
     status: str
     last_run_at: datetime | None = None
     last_run_status: str | None = None
+    last_trigger: str | None = None  # scheduled | manual, for dbjobs' own runs
     last_success_at: datetime | None = None
     last_error: str | None = None
     last_rows_deleted: int | None = None
@@ -51,6 +53,9 @@ class JobStatus:
 class Scheduler:
     running: bool | None
     detail: str
+    timezone: str = "UTC"  # the zone pg_cron fires schedules in
+    timezone_source: str = "pg_cron 1.4 runs schedules in UTC"
+    paused: bool | None = False  # cron.launch_active_jobs = off (pg_cron 1.6); None: cannot be read
 
 
 @dataclass
@@ -61,6 +66,10 @@ class Report:
     scheduler: Scheduler
     jobs: list[JobStatus] = field(default_factory=list)
     installed: bool = True
+    schema: str = DEFAULT_SCHEMA
+    # How the configuration found beside the caller differs from what is
+    # installed (never how status finds its jobs: those are the installed ones).
+    drift: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,11 +97,12 @@ class LastRun:
     status: str
     error: str | None = None
     rows_deleted: int | None = None
+    trigger: str | None = None
 
 
 @dataclass(frozen=True)
 class JobFacts:
-    """What the database says about one configured job."""
+    """What the database says about one job."""
 
     registered: cron.CronJob | None
     installed_at: datetime | None
@@ -102,82 +112,140 @@ class JobFacts:
     cron_failure: LastRun | None  # pg_cron's latest run of the job, when it failed
 
 
-def status(conn: psycopg.Connection[Any], config: Config) -> Report:
-    """Each configured job's state, and the overall pass / warn / fail.
+@dataclass(frozen=True)
+class InstalledJob:
+    """A row of dbjobs' job table, as status_history() returns it."""
+
+    name: str
+    installed: bool  # False: asked for (configured) but not in the job table
+    enabled: bool
+    installed_at: datetime | None
+    max_age: timedelta | None
+    definition: dict[str, Any]
+    last_run: LastRun | None
+    last_success_at: datetime | None
+
+    @property
+    def schedule(self) -> str:
+        return str(self.definition.get("schedule") or "")
+
+
+def status(
+    conn: psycopg.Connection[Any], config: Config | None = None, *, schema: str | None = None
+) -> Report:
+    """The state of every job installed in ``schema``, and the overall pass / warn / fail.
+
+    The jobs are read from the database, whatever ``config`` says: a health
+    check runs where no configuration is. ``config`` supplies the schema (unless
+    ``schema`` is given), grace and cron_timezone; when it was read from a file,
+    how it differs from what is installed is reported as drift (a warning).
 
     Bounded in time: each statement may take at most STATEMENT_TIMEOUT. Works
     for the role that installed dbjobs and for a monitoring role granted the
     status functions (see sql/schema.sql).
     """
-    names = [job.name for job in config.jobs] + [cron.MAINTENANCE_JOB]
+    config = config or Config(jobs=())
+    schema = schema or config.schema
+    compare = config.from_file
     with conn.transaction():
         _bound(conn)
-        installed, direct = _installed(conn, config.schema)
-        history = _history(conn, config.schema, names) if installed else {}
+        installed, direct = _installed(conn, schema)
+        asked = [job.name for job in config.jobs] if compare else []
+        rows = _history(conn, schema, asked) if installed else []
+        jobs_here = [row for row in rows if row.installed]
+        enabled = jobs_here[0].enabled if jobs_here else config.enabled
         with cron.locate(conn, config, for_changes=False) as site:
             if not site.same_database:
                 _bound(site.conn)
-            scheduler, now, grace = _scheduler(site.conn, config.grace)
+            scheduler, now, grace = _scheduler(site, config)
+            names = [row.name for row in jobs_here] + [cron.MAINTENANCE_JOB]
             jobnames = {site.job_name(name): name for name in names}
             registered: dict[str, cron.CronJob] | None = {}
             cron_runs: dict[str, LastRun] = {}
             if not installed:
                 pass
             elif site.same_database:
-                registered, cron_runs = _cron_facts(conn, config.schema, jobnames)
+                registered, cron_runs = _cron_facts(conn, schema, jobnames)
             elif direct and site.usage:
                 registered = site.jobs()
                 cron_runs = _cron_latest(site.conn, registered)
             else:  # a monitoring role cannot see pg_cron's rows in another database
                 registered, cron_runs = None, {}
             database = site.database
+        drift = _drift(conn, config, rows, enabled) if compare and installed else []
 
-    def facts_of(name: str) -> tuple[cron.CronJob | None, LastRun | None, tuple[Any, ...]]:
-        registered_job = registered.get(name) if registered is not None else None
-        return registered_job, cron_runs.get(name), history.get(name, (None, None, None, None))
-
-    jobs = []
     known = registered is not None
-    for job in config.jobs:
-        registered_job, cron_run, (installed_at, max_age, last_run, last_success_at) = facts_of(job.name)
+    jobs = []
+    for row in jobs_here:
+        cron_run = cron_runs.get(row.name)
         failure = cron_run if cron_run and cron_run.status == "failed" else None
-        facts = JobFacts(registered_job, installed_at, max_age, last_run, last_success_at, failure)
+        facts = JobFacts(
+            registered.get(row.name) if registered is not None else None,
+            row.installed_at,
+            row.max_age,
+            row.last_run,
+            row.last_success_at,
+            failure,
+        )
         jobs.append(
-            job_status(job, facts, now, grace, enabled=config.enabled, installed=installed, known=known)
+            job_status(
+                row.name,
+                row.schedule,
+                facts,
+                now,
+                grace,
+                enabled=enabled,
+                known=known,
+                timezone=scheduler.timezone,
+            )
         )
 
     # dbjobs' maintenance job runs plain SQL, so pg_cron's history is its only
     # history, and only its latest 2,000 runs are read: it is reported ok or
     # failing from its latest run seen there, pending when none is, never stale.
     # Where pg_cron's rows cannot be read at all, it is left out.
-    if known:
-        registered_job, cron_run, _ = facts_of(cron.MAINTENANCE_JOB)
+    if known and installed:
+        cron_run = cron_runs.get(cron.MAINTENANCE_JOB)
         success_at = cron_run.finished_at if cron_run and cron_run.status == "succeeded" else None
-        facts = JobFacts(registered_job, None, None, cron_run, success_at, None)
-        maintenance = Job(cron.MAINTENANCE_JOB, "", (), config.history_retention, cron.MAINTENANCE_SCHEDULE)
-        jobs.append(job_status(maintenance, facts, now, grace, enabled=True, installed=installed))
+        assert registered is not None
+        facts = JobFacts(registered.get(cron.MAINTENANCE_JOB), None, None, cron_run, success_at, None)
+        jobs.append(
+            job_status(
+                cron.MAINTENANCE_JOB,
+                cron.MAINTENANCE_SCHEDULE,
+                facts,
+                now,
+                grace,
+                enabled=True,
+                timezone=scheduler.timezone,
+            )
+        )
 
     overall = max((j.status for j in jobs), key=SEVERITY.__getitem__, default="pass")
+    if drift or scheduler.paused:
+        overall = max(overall, "warn", key=SEVERITY.__getitem__)
     if not installed or scheduler.running is False:
         overall = "fail"
-    return Report(overall, now, database, scheduler, jobs, installed)
+    return Report(overall, now, database, scheduler, jobs, installed, schema, drift)
 
 
 def job_status(
-    job: Job,
+    name: str,
+    schedule_: str,
     facts: JobFacts,
     now: datetime,
     grace: timedelta,
     *,
     enabled: bool,
-    installed: bool,
     known: bool = True,
+    timezone: str = "UTC",
 ) -> JobStatus:
-    """The state of one job from the facts (pure: no database).
+    """The state of one installed job from the facts (pure: no database).
 
     ``known`` is false when pg_cron's rows could not be read (a monitoring role,
     pg_cron in another database): registration is then taken on trust and
-    staleness still catches a job that does not run.
+    staleness still catches a job that does not run. ``timezone`` is the zone
+    pg_cron fires schedules in.
     """
     last = facts.last_run
     # A failure only pg_cron saw counts when it is newer than dbjobs' own latest
@@ -186,16 +254,17 @@ def job_status(
     if failure and (last is None or failure.at is None or (last.finished_at or last.at or now) < failure.at):
         last = failure
 
-    stale_at = _stale_at(job, facts, grace)
+    stale_at = _stale_at(schedule_, facts, grace, timezone)
     active = facts.registered.active if facts.registered else (enabled if not known else False)
     error = last.error if last else None
-    if not installed or (known and facts.registered is None):
+    if known and facts.registered is None:
         state = "missing"
+        error = "installed by dbjobs but not registered in pg_cron: run `dbjobs install`"
     elif not enabled:
         state = "inactive"
     elif not active:  # switched off in pg_cron behind dbjobs' back: it will not run
         state = "stale"
-        error = "inactive in pg_cron although enabled in the configuration: run `dbjobs install`"
+        error = "inactive in pg_cron although installed enabled: run `dbjobs install`"
     elif last is not None and last.status == "failed":
         state = "failing"
     elif stale_at is not None and now > stale_at:
@@ -208,24 +277,26 @@ def job_status(
     duration = None
     if last is not None and last.at is not None and last.finished_at is not None:
         duration = round((last.finished_at - last.at).total_seconds() * 1000, 1)
+    scheduled = state not in ("inactive", "missing")
     return JobStatus(
-        name=job.name,
-        schedule=job.schedule,
+        name=name,
+        schedule=schedule_,
         active=active if known else None,
         state=state,
         status=STATE_STATUS[state],
         last_run_at=last.at if last else None,
         last_run_status=last.status if last else None,
+        last_trigger=last.trigger if last else None,
         last_success_at=facts.last_success_at,
         last_error=error,
         last_rows_deleted=last.rows_deleted if last else None,
         last_duration_ms=duration,
-        next_run_at=schedule.next_fire(job.schedule, now) if state not in ("inactive", "missing") else None,
-        stale_at=stale_at if state not in ("inactive", "missing") else None,
+        next_run_at=schedule.next_fire(schedule_, now, timezone) if scheduled else None,
+        stale_at=stale_at if scheduled else None,
     )
 
 
-def _stale_at(job: Job, facts: JobFacts, grace: timedelta) -> datetime | None:
+def _stale_at(schedule_: str, facts: JobFacts, grace: timedelta, timezone: str) -> datetime | None:
     """When the job becomes stale without a new success.
 
     Schedule-aware: the first fire time after the last success (or after the
@@ -237,10 +308,7 @@ def _stale_at(job: Job, facts: JobFacts, grace: timedelta) -> datetime | None:
         return None
     if facts.max_age is not None:
         return since + facts.max_age
-    due = schedule.next_fire(job.schedule, since)
-    if due is None:  # "N seconds" schedules (pg_cron 1.5+)
-        due = since + timedelta(seconds=int(job.schedule.split()[0]))
-    return due + grace
+    return schedule.next_fire(schedule_, since, timezone) + grace
 
 
 def _bound(conn: psycopg.Connection[Any]) -> None:
@@ -257,17 +325,86 @@ def _installed(conn: psycopg.Connection[Any], schema: str) -> tuple[bool, bool]:
     return (bool(row[0]), bool(row[1])) if row else (False, False)
 
 
-def _history(
-    conn: psycopg.Connection[Any], schema: str, names: list[str]
-) -> dict[str, tuple[datetime | None, timedelta | None, LastRun | None, datetime | None]]:
+def _history(conn: psycopg.Connection[Any], schema: str, asked: list[str]) -> list[InstalledJob]:
+    """Every installed job (and each name in ``asked``) with its latest run and success."""
     rows = conn.execute(
-        sql.SQL("SELECT * FROM {}(%s)").format(sql.Identifier(schema, "status_history")), [names]
+        sql.SQL("SELECT * FROM {}(%s)").format(sql.Identifier(schema, "status_history")), [asked]
     ).fetchall()
-    history = {}
-    for name, installed_at, max_age, started, finished, status_, error, rows_deleted, success_at in rows:
-        last = LastRun(started, finished, status_, error, rows_deleted) if status_ else None
-        history[name] = (installed_at, max_age, last, success_at)
-    return history
+    jobs = []
+    for row in rows:
+        name, installed, enabled, installed_at, max_age, definition = row[:6]
+        started, finished, status_, error, rows_deleted, trigger, success_at = row[6:]
+        last = LastRun(started, finished, status_, error, rows_deleted, trigger) if status_ else None
+        jobs.append(
+            InstalledJob(name, installed, enabled, installed_at, max_age, definition or {}, last, success_at)
+        )
+    return jobs
+
+
+# What status compares between a configuration file and the job table.
+_COMPARED = ("table", "expires", "retain", "where", "batch_size", "schedule", "max_age", "partitions")
+
+
+def _drift(
+    conn: psycopg.Connection[Any], config: Config, rows: list[InstalledJob], enabled: bool
+) -> list[str]:
+    """How ``config`` differs from what is installed, one line per job; [] when it does not.
+
+    The server resolves the table names and spells the intervals, as install
+    would, so that "24 hours" and "1 day" compare as the server stores them.
+    """
+    source = config.source
+    installed = {row.name: row.definition for row in rows if row.installed}
+    lines = []
+    try:
+        with conn.transaction():
+            resolved = conn.execute(
+                sqlfiles.query("status.sql", "resolve_config"),
+                {
+                    "tables": [job.table for job in config.jobs],
+                    "retains": [job.retain for job in config.jobs],
+                    "max_ages": [job.max_age for job in config.jobs],
+                },
+            ).fetchall()
+    except psycopg.Error as exc:
+        return [f"{source} cannot be compared with what is installed: {one_line_error(str(exc))}"]
+    for job, (table, retain, max_age) in zip(config.jobs, resolved, strict=True):
+        have = installed.pop(job.name, None)
+        if have is None:
+            lines.append(f"job {job.name!r} is in {source} but not installed: run `dbjobs install`")
+            continue
+        want = {
+            "table": table,
+            "expires": list(job.expires),
+            "retain": retain,
+            "where": job.where,
+            "batch_size": job.batch_size,
+            "schedule": job.schedule,
+            "max_age": max_age,
+            "partitions": job.partitions,
+        }
+        stored = dict(have, table=_qualified(have), where=have.get("predicate"))
+        diffs = [
+            f"{key} {stored.get(key)!r} -> {want[key]!r}" for key in _COMPARED if stored.get(key) != want[key]
+        ]
+        if diffs:
+            lines.append(f"job {job.name!r} differs from {source} ({', '.join(diffs)}): run `dbjobs install`")
+    lines += [
+        f"job {name!r} is installed but not in {source}: run `dbjobs install` to remove it"
+        for name in sorted(installed)
+    ]
+    if any(row.installed for row in rows) and enabled != config.enabled:
+        lines.append(
+            f"enabled is {str(enabled).lower()} as installed, {str(config.enabled).lower()} in {source}: "
+            "run `dbjobs install`"
+        )
+    return lines
+
+
+def _qualified(definition: dict[str, Any]) -> str | None:
+    if not definition.get("table_name"):
+        return None
+    return sql.Identifier(definition["table_schema"], definition["table_name"]).as_string(None)
 
 
 def _cron_facts(
@@ -304,26 +441,72 @@ def _cron_latest(conn: psycopg.Connection[Any], registered: dict[str, cron.CronJ
 
 
 def _last_run(run_status: str, message: str | None, start: datetime | None, end: datetime | None) -> LastRun:
-    error = f"pg_cron: {message or 'failed'}" if run_status == "failed" else None
+    error = f"pg_cron: {one_line_error(message)}" if run_status == "failed" else None
     deleted = re.fullmatch(r"DELETE (\d+)", message or "")  # the command tag of a plain DELETE
     return LastRun(start or end, end, run_status, error, int(deleted[1]) if deleted else None)
 
 
-def _scheduler(conn: psycopg.Connection[Any], grace: str) -> tuple[Scheduler, datetime, timedelta]:
-    """pg_cron's launcher, and the server's clock (the history's timestamps come from it too)."""
-    row = conn.execute(sqlfiles.query("status.sql", "scheduler"), {"grace": grace}).fetchone()
+def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime, timedelta]:
+    """pg_cron's launcher, its settings, and the server's clock (the history's timestamps come from it)."""
+    row = site.conn.execute(sqlfiles.query("status.sql", "scheduler"), {"grace": config.grace}).fetchone()
     assert row is not None
-    standby, seen, may_see, now, grace_interval = row
+    standby, seen, may_see, now, grace_interval, may_read_settings, settings = row
+    settings = settings or {}
+    timezone, source = _timezone(site, config, may_read_settings, settings)
+    paused = None if not may_read_settings else settings.get("cron.launch_active_jobs") == "off"
     if standby:
-        scheduler = Scheduler(None, "hot standby: pg_cron's scheduler runs on the primary")
-    elif seen:
-        scheduler = Scheduler(True, "pg_cron scheduler is running")
+        return (
+            Scheduler(None, "hot standby: pg_cron's scheduler runs on the primary", timezone, source, paused),
+            now,
+            grace_interval,
+        )
+    if seen:
+        detail = "pg_cron scheduler is running"
+        if paused:
+            detail = (
+                "pg_cron scheduler is paused: cron.launch_active_jobs = off, so no job starts; "
+                "set it to on and reload (SELECT pg_reload_conf())"
+            )
+        scheduler = Scheduler(True, detail, timezone, source, paused)
     elif not may_see:
-        scheduler = Scheduler(None, "cannot see pg_cron's scheduler: GRANT pg_read_all_stats to this role")
+        scheduler = Scheduler(
+            None,
+            "cannot see pg_cron's scheduler: GRANT pg_read_all_stats to this role",
+            timezone,
+            source,
+            paused,
+        )
+    elif site.version >= (1, 6):
+        scheduler = Scheduler(
+            False,
+            "pg_cron scheduler is not running: pg_cron 1.6.1+ restarts it within a second, so it keeps "
+            f"failing: read the server log, and check that database {site.cron_database!r} exists "
+            "and cron.database_name names it",
+            timezone, source, paused,
+        )  # fmt: skip
     else:
         scheduler = Scheduler(
             False,
             "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
-            "then restart PostgreSQL (pg_cron does not restart a launcher that was terminated)",
-        )
+            f"then restart PostgreSQL (pg_cron {site.version_text} does not restart a launcher that was "
+            "terminated)",
+            timezone, source, paused,
+        )  # fmt: skip
     return scheduler, now, grace_interval
+
+
+def _timezone(
+    site: cron.CronSite, config: Config, may_read_settings: bool, settings: dict[str, str]
+) -> tuple[str, str]:
+    """The zone pg_cron fires schedules in, and where that came from.
+
+    pg_cron 1.5+ reads cron.timezone (default GMT), which only superusers and
+    pg_read_all_settings may read; before 1.5 it runs in UTC.
+    """
+    if "cron.timezone" in settings:
+        return settings["cron.timezone"], "cron.timezone"
+    if may_read_settings:  # the setting would be visible: the library has none (pg_cron 1.4)
+        return "UTC", f"pg_cron {site.version_text} runs schedules in UTC"
+    if config.cron_timezone:
+        return config.cron_timezone, "cron_timezone in the configuration (cron.timezone cannot be read)"
+    return "GMT", "pg_cron's default (cron.timezone cannot be read by this role: set cron_timezone)"

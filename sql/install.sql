@@ -14,7 +14,7 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
               WHERE p.pronamespace = n.oid
                 AND p.proname NOT IN ('expired_rule', 'partition_expired', 'removable_partitions', 'start_run',
                                       'next_target', 'remove_partition', 'delete_batch', 'finish_run', 'run_job',
-                                      'status_history', 'status_cron'))
+                                      'status_history', 'status_cron', 'one_line_error'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;
 

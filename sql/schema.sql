@@ -249,9 +249,11 @@ BEGIN
         expired := NULL;  -- the first batch will fail the same way, and be recorded
     END;
 
-    INSERT INTO @schema@.run (job, trigger, status, cutoff, estimated_rows, removable)
-    VALUES (job_name, run_trigger, 'running', cutoff, expired::bigint,
-            @schema@.removable_partitions(j, cutoff))
+    -- The partitions to remove are listed by the run's first batch (see
+    -- delete_batch), where a failure (the table dropped, a privilege revoked)
+    -- is recorded on this run like any other.
+    INSERT INTO @schema@.run (job, trigger, status, cutoff, estimated_rows)
+    VALUES (job_name, run_trigger, 'running', cutoff, expired::bigint)
     RETURNING id INTO run_id;
     RETURN run_id;
 END
@@ -425,6 +427,12 @@ DECLARE
     started  timestamptz;
 BEGIN
     SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
+    SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
+    IF r.removable IS NULL THEN
+        -- The run's first step: the partitions lying wholly past retention.
+        UPDATE @schema@.run SET removable = @schema@.removable_partitions(j, r.cutoff) WHERE id = run_id;
+        RETURN 0;
+    END IF;
     IF cardinality(r.removable) > 0 THEN
         RETURN @schema@.remove_partition(run_id);
     END IF;
@@ -432,7 +440,6 @@ BEGIN
         -- Not started (no strategy yet), or done.
         RETURN CASE WHEN r.strategy IS NULL AND @schema@.next_target(run_id, 0) THEN 0 END;
     END IF;
-    SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
     rule := @schema@.expired_rule(j);
 
     IF r.strategy = 'sweep' THEN
@@ -502,6 +509,19 @@ END
 $$;
 
 
+-- An error as status shows it: PostgreSQL's message, then its DETAIL and HINT
+-- where there are any, on one line, at most 500 characters.
+CREATE OR REPLACE FUNCTION @schema@.one_line_error(message text, detail text, hint text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT left(regexp_replace(message || coalesce(' (' || nullif(detail, '') || ')', '')
+                               || coalesce(' hint: ' || nullif(hint, ''), ''),
+                               '\s+', ' ', 'g'), 500)
+$$;
+
+
 -- Closes a run as succeeded (error IS NULL) or failed, releases its lock, and
 -- prunes this job's history older than history_retention (set by install), so
 -- that the history never grows without bound.
@@ -548,6 +568,8 @@ DECLARE
     deleted bigint;
     failure text;
     failure_state text;
+    failure_detail text;
+    failure_hint text;
 BEGIN
     run_id := @schema@.start_run(job_name, run_trigger);
     IF run_id IS NULL THEN
@@ -567,17 +589,21 @@ BEGIN
         BEGIN
             deleted := @schema@.delete_batch(run_id);
         EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT, failure_state = RETURNED_SQLSTATE;
+            -- The message, DETAIL and HINT: what a person needs. Never the
+            -- CONTEXT, which quotes dbjobs' own statements.
+            GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT, failure_state = RETURNED_SQLSTATE,
+                                    failure_detail = PG_EXCEPTION_DETAIL, failure_hint = PG_EXCEPTION_HINT;
         END;
         EXIT WHEN failure IS NOT NULL OR deleted IS NULL;
         COMMIT;
     END LOOP;
 
-    PERFORM @schema@.finish_run(run_id, failure);
+    PERFORM @schema@.finish_run(run_id, @schema@.one_line_error(failure, failure_detail, failure_hint));
     COMMIT;
     -- Fail the CALL too, so that pg_cron's own history says failed.
     IF failure IS NOT NULL THEN
-        RAISE EXCEPTION USING MESSAGE = failure, ERRCODE = failure_state;
+        RAISE EXCEPTION USING MESSAGE = failure, ERRCODE = failure_state,
+                              DETAIL = coalesce(failure_detail, ''), HINT = coalesce(failure_hint, '');
     END IF;
 END
 $$;
@@ -590,12 +616,14 @@ $$;
 --   GRANT EXECUTE ON FUNCTION dbjobs.status_history(text[]), dbjobs.status_cron(text[], bigint)
 --       TO monitor;
 
--- Each named job's definition time, latest finished run and latest success:
--- one probe each of the (job, id DESC) indexes, whatever the size of the history.
+-- Every installed job, and any other name asked for (a job in the caller's
+-- configuration that is not installed): its definition, whether install left
+-- jobs enabled, its latest finished run and latest success. One probe each of
+-- the (job, id DESC) indexes per job, whatever the size of the history.
 CREATE OR REPLACE FUNCTION @schema@.status_history(names text[])
-RETURNS TABLE (name text, installed_at timestamptz, max_age interval,
-               started_at timestamptz, finished_at timestamptz, status text, error text,
-               rows_deleted bigint, success_at timestamptz)
+RETURNS TABLE (name text, installed boolean, enabled boolean, installed_at timestamptz,
+               max_age interval, definition jsonb, started_at timestamptz, finished_at timestamptz, status text,
+               error text, rows_deleted bigint, run_trigger text, success_at timestamptz)
 -- PL/pgSQL rather than SQL: its plan is cached for the session, where a SQL
 -- function with a SET clause would be planned again on every call.
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -604,16 +632,17 @@ AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    SELECT n.name,
+    SELECT n.name, j.name IS NOT NULL,
+           coalesce((SELECT m.value::boolean FROM @schema@.meta m WHERE m.key = 'enabled'), true),
            coalesce(j.installed_at,
                     (SELECT to_timestamp(m.value::float8) FROM @schema@.meta m WHERE m.key = 'installed_at')),
-           j.max_age,
-           last.started_at, last.finished_at, last.status, last.error, last.rows_deleted,
+           j.max_age, to_jsonb(j) - 'name' - 'installed_at',
+           last.started_at, last.finished_at, last.status, last.error, last.rows_deleted, last.trigger,
            success.finished_at
-      FROM unnest(names) AS n(name)
+      FROM (SELECT jj.name FROM @schema@.job jj UNION SELECT unnest(names)) AS n(name)
       LEFT JOIN @schema@.job j ON j.name = n.name
       LEFT JOIN LATERAL (
-            SELECT r.started_at, r.finished_at, r.status, r.error, r.rows_deleted
+            SELECT r.started_at, r.finished_at, r.status, r.error, r.rows_deleted, r.trigger
               FROM @schema@.run r
              WHERE r.job = n.name AND r.status IN ('succeeded', 'failed')
              ORDER BY r.id DESC LIMIT 1) last ON true
@@ -621,7 +650,8 @@ BEGIN
             SELECT r.finished_at
               FROM @schema@.run r
              WHERE r.job = n.name AND r.status = 'succeeded'
-             ORDER BY r.id DESC LIMIT 1) success ON true;
+             ORDER BY r.id DESC LIMIT 1) success ON true
+     ORDER BY n.name;
 END
 $$;
 

@@ -34,7 +34,23 @@ SELECT pg_is_in_recovery(),
        pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
            OR EXISTS (SELECT FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND application_name IS NOT NULL),
        now(),
-       %(grace)s::interval;
+       %(grace)s::interval,
+       pg_has_role(current_user, 'pg_read_all_settings', 'USAGE'),
+       -- pg_cron's settings are visible to superusers and pg_read_all_settings only.
+       (SELECT jsonb_object_agg(name, setting) FROM pg_settings
+         WHERE name IN ('cron.timezone', 'cron.launch_active_jobs', 'cron.log_run'));
 
 -- name: cron_last_runid
 SELECT last_value FROM cron.runid_seq;
+
+-- name: resolve_config
+-- A configuration's tables and intervals as install would store them, so that
+-- status can say how the configuration differs from what is installed.
+SELECT (SELECT format('%%I.%%I', n.nspname, c.relname)
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = to_regclass(u.tbl)),
+       u.retain::interval::text,
+       u.max_age::interval::text
+  FROM unnest(%(tables)s::text[], %(retains)s::text[], %(max_ages)s::text[]) WITH ORDINALITY
+       AS u(tbl, retain, max_age, i)
+ ORDER BY u.i;
