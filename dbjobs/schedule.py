@@ -10,8 +10,9 @@ never fire (``0 0 31 2 *``), which croniter accepts.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 
@@ -71,13 +72,18 @@ def needs_pg_cron_1_5(expression: str) -> bool:
     return bool(SECONDS_INTERVAL.match(expression))
 
 
-def next_fire(expression: str, after: datetime) -> datetime | None:
-    """The first time strictly after ``after`` (UTC) at which pg_cron starts the job."""
-    if needs_pg_cron_1_5(expression):
-        return None
-    return _next_fire(
-        NICKNAMES.get(expression, expression), after.astimezone(UTC).replace(second=0, microsecond=0)
-    )
+def next_fire(expression: str, after: datetime, timezone: str = "UTC") -> datetime:
+    """The first time strictly after ``after`` at which pg_cron starts the job, in UTC.
+
+    ``timezone``: the zone pg_cron reads the expression in (cron.timezone,
+    pg_cron 1.5+). An ``N seconds`` schedule fires N seconds after ``after``.
+    """
+    interval = SECONDS_INTERVAL.match(expression)
+    if interval:
+        return after + timedelta(seconds=int(interval[1]))
+    zone = ZoneInfo(timezone)
+    local = after.astimezone(zone).replace(second=0, microsecond=0)
+    return _next_fire(NICKNAMES.get(expression, expression), local).astimezone(UTC)
 
 
 @lru_cache(maxsize=1024)
