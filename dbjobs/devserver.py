@@ -1,9 +1,10 @@
 """A throwaway PostgreSQL server with pg_cron, for the demo and the tests.
 
-It runs the installed server binaries (``/usr/lib/postgresql/<major>/bin``) in a
-temporary directory, listening on 127.0.0.1 on a free port, with pg_cron
-preloaded. ``initdb`` and ``postgres`` refuse to run as root, so when started by
-root the server runs as the unprivileged ``postgres`` user through ``runuser``.
+It runs the installed server binaries (``/usr/lib/postgresql/<major>/bin``, or
+the directory ``DBJOBS_PG_BINDIR`` names) in a temporary directory, listening on
+127.0.0.1 on a free port, with pg_cron preloaded. ``initdb`` and ``postgres``
+refuse to run as root, so when started by root the server runs as the
+unprivileged ``postgres`` user through ``runuser``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import psycopg
 from psycopg import sql
 
 PG_ROOT = Path("/usr/lib/postgresql")
+# A PostgreSQL bin directory to use instead of the newest one under PG_ROOT (for
+# example another build's, with its own pg_cron): the tests' second server.
+BINDIR_VARIABLE = "DBJOBS_PG_BINDIR"
 
 
 class ServerUnavailable(RuntimeError):
@@ -29,18 +33,46 @@ class ServerUnavailable(RuntimeError):
 
 
 def find_bindir() -> Path:
-    """The newest installed PostgreSQL major whose pg_cron extension is installed too."""
+    """``DBJOBS_PG_BINDIR``, else the newest installed PostgreSQL major whose pg_cron is installed too."""
+    chosen = os.environ.get(BINDIR_VARIABLE)
+    if chosen:
+        bindir = Path(chosen).absolute()
+        if not (bindir / "postgres").is_file():
+            raise ServerUnavailable(f"{BINDIR_VARIABLE}={chosen}: no postgres binary there")
+        if pg_cron_control(bindir) is None:
+            raise ServerUnavailable(
+                f"{BINDIR_VARIABLE}={chosen}: pg_cron is not installed for that PostgreSQL "
+                "(no pg_cron.control in its extension directory)"
+            )
+        return bindir
     majors = sorted(
         (int(p.name) for p in PG_ROOT.glob("*") if p.name.isdigit() and (p / "bin/postgres").exists()),
         reverse=True,
     )
     for major in majors:
-        if Path(f"/usr/share/postgresql/{major}/extension/pg_cron.control").exists():
+        if pg_cron_control(PG_ROOT / str(major) / "bin") is not None:
             return PG_ROOT / str(major) / "bin"
     raise ServerUnavailable(
         "no PostgreSQL server with pg_cron is installed: install postgresql-<major> and "
-        "postgresql-<major>-cron (see .ci/run)"
+        "postgresql-<major>-cron (scripts/setup does)"
     )
+
+
+def sharedir(bindir: Path) -> Path:
+    """The share directory of the PostgreSQL in ``bindir`` (``pg_config --sharedir``, which is
+    relocatable), else Debian's layout."""
+    pg_config = bindir / "pg_config"
+    if pg_config.is_file():
+        result = subprocess.run([str(pg_config), "--sharedir"], capture_output=True, text=True)
+        if result.returncode == 0 and result.stdout.strip():
+            return Path(result.stdout.strip())
+    return Path("/usr/share/postgresql") / bindir.parent.name
+
+
+def pg_cron_control(bindir: Path) -> Path | None:
+    """pg_cron's control file for the PostgreSQL in ``bindir``, if pg_cron is installed for it."""
+    control = sharedir(bindir) / "extension" / "pg_cron.control"
+    return control if control.is_file() else None
 
 
 def _free_port() -> int:
@@ -77,6 +109,7 @@ class ThrowawayServer:
         return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
 
     def start(self) -> ThrowawayServer:
+        self._check_reachable()
         self._own_workdir()
         subprocess.run(
             _as_server_user(
@@ -102,6 +135,17 @@ class ThrowawayServer:
         if self.preload_pg_cron and self.cron_database != "postgres":
             self.create_database(self.cron_database)
         return self
+
+    def _check_reachable(self) -> None:
+        """As root, the server runs as ``postgres``, which must be able to reach the binaries
+        (a build under a 0700 home directory is not)."""
+        if os.geteuid() == 0:
+            probe = subprocess.run(_as_server_user(["test", "-x", str(self.bindir / "postgres")]))
+            if probe.returncode != 0:
+                raise ServerUnavailable(
+                    f"user postgres cannot run {self.bindir / 'postgres'}: every directory above it "
+                    "must be searchable by others (chmod o+x), or use binaries installed elsewhere"
+                )
 
     def _own_workdir(self) -> None:
         if os.geteuid() == 0:
@@ -188,12 +232,15 @@ class ThrowawayServer:
         self.execute(query)
 
     def create_pg_cron(self, timeout: float = 15.0) -> None:
-        """Create the extension, then wait for pg_cron's scheduler to be up.
+        """Create the extension at its newest version, then wait for pg_cron's scheduler to be up.
 
         The scheduler starts with the server, fails while cron.database_name
         does not exist yet, and retries every second.
         """
         self.execute("CREATE EXTENSION IF NOT EXISTS pg_cron", dbname=self.cron_database)
+        # An existing extension may be older than the library (pg_cron 1.6.0 kept
+        # reporting 1.5 until updated): make it the library's own version.
+        self.execute("ALTER EXTENSION pg_cron UPDATE", dbname=self.cron_database)
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             while not conn.execute(

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from dbjobs import cli
 from dbjobs.cron import MAINTENANCE_JOB, cron_job_name
-from dbjobs.devserver import ThrowawayServer
+from dbjobs.devserver import BINDIR_VARIABLE, ThrowawayServer, find_bindir
 from tests import servers
 
 LAYOUTS = ("same", "separate")
@@ -44,9 +44,30 @@ def pg_servers() -> Iterator[dict[str, servers.Server]]:
 
 def pytest_report_header(config: pytest.Config) -> str:
     try:
-        return f"dbjobs test servers: {servers.source()}"
+        kind = servers.source()
+        if kind == "local":
+            return f"dbjobs test servers: local, {servers.describe_local()}"
+        return f"dbjobs test servers: {kind}"
     except Exception as exc:
         return f"dbjobs test servers: none ({exc})"
+
+
+@pytest.fixture(scope="session")
+def pg_cron_version(pg_servers: dict[str, servers.Server]) -> tuple[int, ...]:
+    """The test servers' pg_cron, e.g. (1, 6, 7) or (1, 4, 2), for tests that differ by version.
+
+    The library's own version where it is known (local servers), else the
+    extension's, which the fixtures bring up to the library's with
+    ALTER EXTENSION pg_cron UPDATE.
+    """
+    if servers.source() == "local":
+        known = servers.pg_cron_library_version(find_bindir())
+        if known:
+            return servers.version_tuple(known)
+    with psycopg.connect(pg_servers["same"].dsn) as conn:
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+    assert row is not None
+    return servers.version_tuple(row[0])
 
 
 @dataclass
@@ -154,7 +175,9 @@ class CliResult:
 def dbjobs_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Any:
     """Run the CLI in-process, in an empty working directory, with a clean environment."""
     for var in list(os.environ):
-        if var.startswith(("DBJOBS_", "JOB_", "PG")) or var == "DATABASE_URL":
+        # DBJOBS_PG_BINDIR picks the test servers' binaries, not dbjobs' configuration:
+        # servers started during the test must use the same ones.
+        if (var.startswith(("DBJOBS_", "JOB_", "PG")) or var == "DATABASE_URL") and var != BINDIR_VARIABLE:
             monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)
 

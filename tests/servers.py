@@ -9,15 +9,18 @@ engine through testcontainers.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 
-from dbjobs.devserver import ServerUnavailable, ThrowawayServer, find_bindir
+from dbjobs.devserver import ServerUnavailable, ThrowawayServer, find_bindir, pg_cron_control
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Server:
 def _from_dsn(dsn: str) -> Server:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        conn.execute("ALTER EXTENSION pg_cron UPDATE")  # the library's own version (see create_pg_cron)
         row = conn.execute("SELECT current_database()").fetchone()
     assert row is not None
     return Server(dsn, row[0])
@@ -116,3 +120,57 @@ def local_standby(primary: ThrowawayServer) -> Iterator[ThrowawayServer]:
         yield standby
     finally:
         standby.stop()
+
+
+# Written by scripts/setup next to pg_cron's control file when it builds pg_cron
+# from a source archive: "pg_cron 1.6.7 (from pg_cron-1.6.7.tar.gz, sha256 ...)".
+BUILD_NOTE = "pg_cron.built-from"
+
+
+def _pg_config(bindir: Path, option: str) -> str | None:
+    try:
+        result = subprocess.run([str(bindir / "pg_config"), option], capture_output=True, text=True)
+    except OSError:
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def pg_cron_library_version(bindir: Path) -> str | None:
+    """The version of the pg_cron library installed for the PostgreSQL in ``bindir``, from
+    scripts/setup's build note or the Debian package that owns it (None when unknown)."""
+    control = pg_cron_control(bindir)
+    if control is None:
+        return None
+    note = control.parent / BUILD_NOTE
+    if note.is_file():
+        match = re.match(r"pg_cron (\S+)", note.read_text())
+        if match:
+            return match.group(1)
+    pkglibdir = _pg_config(bindir, "--pkglibdir")
+    if pkglibdir and shutil.which("dpkg-query"):
+        owner = subprocess.run(
+            ["dpkg-query", "-S", str(Path(pkglibdir) / "pg_cron.so")], capture_output=True, text=True
+        )
+        if owner.returncode == 0:
+            package = owner.stdout.split(":", 1)[0]
+            version = subprocess.run(
+                ["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True
+            ).stdout
+            match = re.match(r"(?:\d+:)?([0-9.]+)", version)
+            if match:
+                return match.group(1)
+    match = re.search(r"default_version\s*=\s*'([^']+)'", control.read_text())
+    return match.group(1) if match else None
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'1.6.7' -> (1, 6, 7); '1.4-1' (an extension version) -> (1, 4)."""
+    match = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
+
+
+def describe_local() -> str:
+    """The local server binaries the tests will run, without starting them."""
+    bindir = find_bindir()
+    server = _pg_config(bindir, "--version") or "PostgreSQL ?"
+    return f"{server} + pg_cron {pg_cron_library_version(bindir) or '?'} ({bindir})"
