@@ -17,16 +17,18 @@ working as dbjobs' SQL changes. Needs SQLAlchemy's psycopg (3) driver
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
+from alembic.util import CommandError
 from sqlalchemy import event
 
 from .config import Config, load_config
-from .errors import DbjobsError
+from .errors import DbjobsError, one_line_error
 from .install import Plan
 from .install import install as install_on
 from .install import uninstall as uninstall_on
@@ -34,6 +36,12 @@ from .install import uninstall as uninstall_on
 
 def connection(op: Any) -> psycopg.Connection[Any]:
     """The psycopg connection under an Alembic ``op``, inside the migration's transaction."""
+    if op.get_context().as_sql:
+        raise MigrationError(
+            "dbjobs cannot write its install as SQL (alembic --sql): it checks the configuration "
+            "against the live catalog and pg_cron first; run the migration online, or see "
+            "`dbjobs install --dry-run` for what it would change"
+        )
     raw = op.get_bind().connection.dbapi_connection
     if not isinstance(raw, psycopg.Connection):
         raise DbjobsError(
@@ -46,14 +54,46 @@ def connection(op: Any) -> psycopg.Connection[Any]:
     return raw
 
 
+# A child of Alembic's own logger: its configuration (alembic.ini) shows these lines.
+log = logging.getLogger("alembic.dbjobs")
+
+
+class MigrationError(CommandError, DbjobsError):
+    """dbjobs could not install or uninstall inside a migration.
+
+    A CommandError, which Alembic's command line prints as one line
+    (``FAILED: ...``) instead of a traceback; a DbjobsError for code that
+    catches dbjobs' errors.
+    """
+
+
 def install(op: Any, config: Config | None = None) -> Plan:
-    with _until_migration_ends(op) as cron_stack:
-        return install_on(connection(op), config or load_config(), cron_stack=cron_stack)
+    """Install dbjobs in the migration's transaction; each change is logged through Alembic's logger."""
+    with _one_line_errors("install"), _until_migration_ends(op) as cron_stack:
+        plan = install_on(connection(op), config or load_config(), cron_stack=cron_stack)
+    for line in plan.lines():
+        log.info("dbjobs: %s", line)
+    return plan
 
 
 def uninstall(op: Any, config: Config | None = None) -> Plan:
-    with _until_migration_ends(op) as cron_stack:
-        return uninstall_on(connection(op), config or load_config(), cron_stack=cron_stack)
+    with _one_line_errors("uninstall"), _until_migration_ends(op) as cron_stack:
+        plan = uninstall_on(connection(op), config or load_config(), cron_stack=cron_stack)
+    for line in plan.lines():
+        log.info("dbjobs: %s", line)
+    return plan
+
+
+@contextmanager
+def _one_line_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except MigrationError:
+        raise
+    except DbjobsError as exc:
+        raise MigrationError(f"dbjobs {action}: {'; '.join(str(exc).splitlines())}") from exc
+    except psycopg.Error as exc:
+        raise MigrationError(f"dbjobs {action}: database error: {one_line_error(str(exc))}") from exc
 
 
 class _MigrationRolledBack(Exception):

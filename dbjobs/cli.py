@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import psycopg
 from tqdm import tqdm
@@ -14,33 +13,70 @@ from tqdm import tqdm
 from . import __version__, formats
 from .config import Config, load_config
 from .connection import connect, redact, resolve_dsn
+from .cron import MAINTENANCE_JOB
 from .doctor import doctor, worst
-from .errors import ConnectError, DbjobsError, PrerequisiteError, UnknownJobError
-from .health import StatusUnknown, read_status
+from .errors import ConnectError, DbjobsError, PrerequisiteError, UnknownJobError, one_line_error
+from .health import StatusUnknown, read_status, status_config
 from .install import install, uninstall
 from .run import RunResult, installed_jobs, run
 from .status import SEVERITY
 
 EXIT_UNKNOWN = 3
+# A usage error (a flag misspelt, a missing argument) exits with a code that
+# no command gives a result: for status and doctor 2 means "fail", so there it
+# is 3, UNKNOWN, as Nagios plugins do; elsewhere 2, invalid input.
+USAGE_EXIT = {"status": EXIT_UNKNOWN, "doctor": EXIT_UNKNOWN}
+USAGE_EXIT_DEFAULT = 2
+
+
+class UsageError(Exception):
+    """The command line is wrong (raised instead of argparse's exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The flags that go before or after the command: `dbjobs status --dsn X` works too.
+
+    On the subcommands they default to SUPPRESS, so that a flag given before the
+    command is not overwritten by the subcommand's default.
+    """
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--dsn",
+        default=default,
+        help="connection string or URL (default: DBJOBS_DSN, DATABASE_URL, PG* variables)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help="config file (default: ./dbjobs.toml, ./pyproject.toml)",
+    )
+    parser.add_argument(
+        "--schema",
+        default=default,
+        help="dbjobs' schema (default: DBJOBS_SCHEMA, the config's schema, dbjobs)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=False if top else argparse.SUPPRESS, help="show tracebacks"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dbjobs", description="Expired-data cleanup run by PostgreSQL itself, through pg_cron."
     )
-    parser.add_argument(
-        "--dsn", help="connection string or URL (default: DBJOBS_DSN, DATABASE_URL, PG* variables)"
-    )
-    parser.add_argument(
-        "--config", metavar="PATH", help="config file (default: ./dbjobs.toml, ./pyproject.toml)"
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    _global_flags(parser, top=True)
     parser.add_argument("--version", action="version", version=f"dbjobs {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = commands.add_parser("install", help="create or update dbjobs' SQL objects and pg_cron jobs")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p = commands.add_parser("status", help="report the scheduler and every job")
+    p = commands.add_parser("status", help="report the scheduler and every installed job")
     p.add_argument("--format", choices=sorted(formats.FORMATS), default="text")
     p.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS",
@@ -51,15 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="run every installed job")
     commands.add_parser("uninstall", help="remove dbjobs' pg_cron jobs and schema")
     commands.add_parser("doctor", help="check the prerequisites and say how to fix each")
+    for sub in commands.choices.values():
+        _global_flags(sub, top=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        command = next((a for a in argv if a in ALL_COMMANDS), None)
+        hint = f"dbjobs {command} --help" if command else "dbjobs --help"
+        code = USAGE_EXIT.get(command or "", USAGE_EXIT_DEFAULT)
+        return _fail(f"{_redact_argv(str(exc), argv)} (see `{hint}`)", code)
     dsn = resolve_dsn(args.dsn)
     try:
-        config = load_config(args.config)
-        return COMMANDS[args.command](args, dsn, config)
+        if args.command == "status":  # reads what is installed: a broken config file is only a warning
+            return _cmd_status(args, dsn, *status_config(args.config, schema=args.schema))
+        return COMMANDS[args.command](args, dsn, load_config(args.config, schema=args.schema))
     except (DbjobsError, psycopg.Error) as exc:
         if args.debug:
             raise
@@ -67,11 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(redact(message, dsn), code)
 
 
+def _redact_argv(message: str, argv: list[str]) -> str:
+    """argparse quotes what it could not take, a DSN with its password included."""
+    for arg in argv:
+        message = redact(message, arg.partition("=")[2] if arg.startswith("--dsn=") else arg)
+    return message
+
+
 def _explain(exc: DbjobsError | psycopg.Error) -> tuple[str, int]:
     """The one line and exit code for an error that reached the CLI's boundary."""
     if isinstance(exc, DbjobsError):
         return str(exc), exc.exit_code
-    detail = _one_line(exc)
+    detail = one_line_error(str(exc))
     if isinstance(exc, psycopg.OperationalError):
         # The connection broke after it was made (server shut down, network).
         return f"lost the connection: {detail}", ConnectError.exit_code
@@ -95,18 +148,15 @@ def _cmd_uninstall(args: argparse.Namespace, dsn: str, config: Config) -> int:
     return 0
 
 
-def _cmd_status(args: argparse.Namespace, dsn: str, config: Config) -> int:
+def _cmd_status(args: argparse.Namespace, dsn: str, config: Config, config_problem: str | None) -> int:
     try:
-        report = read_status(dsn, config, deadline=args.timeout)
+        report = read_status(dsn, config, deadline=args.timeout, config_problem=config_problem)
     except StatusUnknown as exc:
         # Unknown, not failed: say so in the format the caller parses, then exit 3.
         reason = str(exc)
-        if args.format == "prometheus":
-            print(formats.as_prometheus(None), end="")
-        elif args.format == "health":
-            print(json.dumps(formats.unknown_health(reason), indent=2))
-        _fail(reason, EXIT_UNKNOWN)
-        return EXIT_UNKNOWN
+        if args.format != "text":
+            print(formats.as_unknown(args.format, reason), end="")
+        return _fail(reason, EXIT_UNKNOWN)
     if args.format == "text":
         print(formats.as_text(report, colour=formats.use_colour(sys.stdout)))
     else:
@@ -115,23 +165,27 @@ def _cmd_status(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
-    if bool(args.jobs) == args.all:
-        raise UnknownJobError("name one or more jobs, or --all")
+    if args.jobs and args.all:
+        raise UnknownJobError("name jobs or give --all, not both (--all runs every installed job)")
+    if not args.jobs and not args.all:
+        raise UnknownJobError("name one or more jobs, or give --all (`dbjobs status` lists them)")
     with connect(dsn, autocommit=True) as conn:
         installed = installed_jobs(conn, config)
-        unknown = [name for name in args.jobs if name not in installed]
-        if unknown:  # before running any, so that a typo does not leave half the jobs run
-            hint = (
-                "run `dbjobs install` first"
-                if config.job(unknown[0])
-                else f"installed jobs: {', '.join(installed)}"
-            )
-            raise UnknownJobError(f"unknown job {unknown[0]!r}: {hint}")
-        if args.all:
-            configured = [job.name for job in config.jobs if job.name in installed]
-            names = configured + [name for name in installed if name not in configured]
-        else:
-            names = args.jobs
+        for name in args.jobs:  # before running any, so that a typo does not leave half the jobs run
+            if name == MAINTENANCE_JOB:
+                raise UnknownJobError(
+                    f"{MAINTENANCE_JOB} is dbjobs' own pg_cron job (it prunes pg_cron's history), "
+                    "not a cleanup: pg_cron runs it; `dbjobs run` runs the cleanups "
+                    f"({', '.join(installed) or 'none installed'})"
+                )
+            if name not in installed:
+                hint = (
+                    "run `dbjobs install` first"
+                    if config.job(name)
+                    else f"installed jobs: {', '.join(installed) or 'none'}"
+                )
+                raise UnknownJobError(f"unknown job {name!r}: {hint}")
+        names = installed if args.all else args.jobs
         failed = False
         for name in names:
             result = (
@@ -161,17 +215,19 @@ def _cmd_doctor(args: argparse.Namespace, dsn: str, config: Config) -> int:
     return SEVERITY[worst(checks)]
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, str, Config], int]] = {
     "install": _cmd_install,
     "uninstall": _cmd_uninstall,
-    "status": _cmd_status,
     "run": _cmd_run,
     "doctor": _cmd_doctor,
 }
+ALL_COMMANDS = (*COMMANDS, "status")
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"dbjobs: error: {' '.join(message.split())}", file=sys.stderr)
+    """Each line of the message (a config may have several problems) as one ``dbjobs: error:`` line."""
+    for line in message.splitlines() or [""]:
+        print(f"dbjobs: error: {' '.join(line.split())}", file=sys.stderr)
     return code
 
 

@@ -94,10 +94,17 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    schema: str | None = None,
 ) -> Config:
-    """Read and validate the configuration from the same sources as the CLI."""
+    """Read and validate the configuration from the same sources as the CLI.
+
+    ``schema`` (the CLI's --schema) overrides the environment and the file.
+    """
     env = os.environ if environ is None else environ
     raw, source = _read_file(path, Path(cwd) if cwd else Path.cwd())
+    if schema is not None:
+        raw = {**raw, "schema": schema}
+        env = {k: v for k, v in env.items() if k != "DBJOBS_SCHEMA"}
     return parse_config(raw, source=source, environ=env)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -21,39 +21,73 @@ def as_json(report: Report) -> str:
     return json.dumps(report.to_dict(), indent=2)
 
 
+def as_unknown(format_: str, reason: str) -> str:
+    """What ``status --format`` prints when the status could not be read (exit 3)."""
+    if format_ == "prometheus":
+        return as_prometheus(None)
+    if format_ == "health":
+        return json.dumps(unknown_health(reason), indent=2) + "\n"
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return json.dumps({"status": "unknown", "checked_at": now, "error": reason}, indent=2) + "\n"
+
+
 def health(report: Report) -> dict[str, Any]:
-    """The IETF "Health Check Response Format for HTTP APIs" document for a report."""
+    """The health document of draft-inadarei-api-health-check-06 ("Health Check Response
+    Format for HTTP APIs"): ``time`` is when each value was observed, ``output``
+    only where the status is warn or fail, componentType from the draft's
+    vocabulary (``system``, ``component``)."""
     data = report.to_dict()
+    observed = data["checked_at"]
+    scheduler = data["scheduler"]
+    scheduler_status = "fail" if scheduler["running"] is False else "warn" if scheduler["paused"] else "pass"
     checks: dict[str, list[dict[str, Any]]] = {
         "pg_cron:scheduler": [
-            {
-                "componentType": "system",
-                "observedValue": data["scheduler"]["running"],
-                "status": "fail" if data["scheduler"]["running"] is False else "pass",
-                "time": data["checked_at"],
-                "output": data["scheduler"]["detail"],
-            }
+            _check(
+                {"componentType": "system", "observedValue": scheduler["running"], "time": observed},
+                scheduler_status,
+                scheduler["detail"],
+            )
         ]
     }
-    for job in data["jobs"]:
-        check: dict[str, Any] = {
-            "componentId": job["name"],
-            "componentType": "cleanup-job",
-            "status": job["status"],
-            "time": job["last_success_at"] or data["checked_at"],
-            "observedValue": job["state"],
-        }
-        if job["state"] != "ok":
-            check["output"] = job["last_error"] or _STATE_OUTPUT.get(job["state"], job["state"])
-        checks[f"{job['name']}:last_success"] = [check]
+    for job, status in zip(report.jobs, data["jobs"], strict=True):
+        check: dict[str, Any] = {"componentId": job.name, "componentType": "component", "time": observed}
+        if job.last_success_at is not None:
+            # How long ago the job last succeeded: what staleness is judged on.
+            check["observedValue"] = round((report.checked_at - job.last_success_at).total_seconds())
+            check["observedUnit"] = "s"
+        output = status["last_error"] or _STATE_OUTPUT.get(job.state, job.state)
+        checks[f"{job.name}:last_success"] = [_check(check, job.status, output)]
+    if report.drift:
+        checks["dbjobs:configuration"] = [
+            _check({"componentType": "component", "time": observed}, "warn", "; ".join(report.drift))
+        ]
     document: dict[str, Any] = {
         "status": data["status"],
         "description": f"dbjobs cleanup jobs in database {data['database']}",
-        "checks": checks,
     }
     if not report.installed:
         document["output"] = "dbjobs is not installed in this database: run `dbjobs install`"
+    elif data["status"] != "pass":
+        document["output"] = _summary(checks)
+    document["checks"] = checks
     return document
+
+
+def _check(check: dict[str, Any], status: str, output: str) -> dict[str, Any]:
+    check["status"] = status
+    if status != "pass":
+        check["output"] = output
+    return check
+
+
+def _summary(checks: dict[str, list[dict[str, Any]]]) -> str:
+    """The top-level output: what is not passing, one clause per check."""
+    return "; ".join(
+        f"{key.partition(':')[0]}: {check['output']}"
+        for key, values in checks.items()
+        for check in values
+        if check["status"] != "pass"
+    )
 
 
 def unknown_health(reason: str) -> dict[str, Any]:
@@ -64,9 +98,10 @@ def unknown_health(reason: str) -> dict[str, Any]:
 _STATE_OUTPUT = {
     "stale": "no successful run since a run was due",
     "pending": "installed, not run yet",
-    "inactive": "disabled by configuration",
+    "inactive": "installed with enabled = false",
     "missing": "not registered in pg_cron: run `dbjobs install`",
 }
+STATES = ("ok", "failing", "stale", "pending", "inactive", "missing")
 
 
 def as_health(report: Report) -> str:
@@ -74,7 +109,13 @@ def as_health(report: Report) -> str:
 
 
 def as_prometheus(report: Report | None) -> str:
-    """Text exposition format, for node_exporter's textfile collector; ``None``: the status was unknown."""
+    """Text exposition format, for node_exporter's textfile collector; ``None``: the status was unknown.
+
+    A job that never ran (or never succeeded) has no timestamp series at all,
+    so that an alert on ``time() - dbjobs_job_last_success_timestamp_seconds``
+    does not fire for it: alert on ``dbjobs_job_state{state="pending"}`` or on
+    staleness instead.
+    """
     registry = CollectorRegistry()
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -89,6 +130,11 @@ def as_prometheus(report: Report | None) -> str:
     )
     running = report.scheduler.running
     scheduler.set(-1 if running is None else int(running))
+    if report.scheduler.paused is not None:
+        paused = gauge("dbjobs_scheduler_paused", "1 when cron.launch_active_jobs is off")
+        paused.set(int(report.scheduler.paused))
+    drift = gauge("dbjobs_config_drift", "How many differences the configuration has from what is installed")
+    drift.set(len(report.drift))
 
     per_job = ("job",)
     last_success = gauge(
@@ -99,23 +145,28 @@ def as_prometheus(report: Report | None) -> str:
     rows = gauge("dbjobs_job_last_rows_deleted", "Rows deleted by the last finished run", per_job)
     stale = gauge("dbjobs_job_stale", "1 when no successful run happened since one was due", per_job)
     failing = gauge("dbjobs_job_failing", "1 when the last run failed", per_job)
-    missing = gauge("dbjobs_job_missing", "1 when the job is configured but not in pg_cron", per_job)
+    missing = gauge("dbjobs_job_missing", "1 when the job is installed but not in pg_cron", per_job)
+    state = gauge("dbjobs_job_state", "1 for the job's current state, 0 for the others", ("job", "state"))
     for job in report.jobs:
-        _set_timestamp(last_success.labels(job.name), job.last_success_at)
-        _set_timestamp(last_run.labels(job.name), job.last_run_at)
+        if job.last_success_at is not None:
+            last_success.labels(job.name).set(_seconds(job.last_success_at))
+        if job.last_run_at is not None:
+            last_run.labels(job.name).set(_seconds(job.last_run_at))
         if job.last_duration_ms is not None:
-            duration.labels(job.name).set(job.last_duration_ms / 1000)
+            duration.labels(job.name).set(round(job.last_duration_ms / 1000, 4))
         if job.last_rows_deleted is not None:
             rows.labels(job.name).set(job.last_rows_deleted)
         stale.labels(job.name).set(int(job.state == "stale"))
         failing.labels(job.name).set(int(job.state == "failing"))
         missing.labels(job.name).set(int(job.state == "missing"))
+        for name in STATES:
+            state.labels(job.name, name).set(int(job.state == name))
     return generate_latest(registry).decode()
 
 
-def _set_timestamp(gauge: Gauge, when: datetime | None) -> None:
-    if when is not None:
-        gauge.set(when.timestamp())
+def _seconds(when: datetime) -> float:
+    """A Unix timestamp to the millisecond: no float noise in the exposition."""
+    return round(when.timestamp(), 3)
 
 
 _COLOURS = {"pass": "\033[32m", "warn": "\033[33m", "fail": "\033[31m"}
@@ -123,8 +174,8 @@ _RESET = "\033[0m"
 
 
 def use_colour(stream: TextIO) -> bool:
-    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
-    return stream.isatty() and not os.environ.get("NO_COLOR")
+    """Colour only on a terminal that has it: never with NO_COLOR (https://no-color.org) or TERM=dumb."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 def as_text(report: Report, colour: bool = False) -> str:
@@ -134,19 +185,22 @@ def as_text(report: Report, colour: bool = False) -> str:
         return f"{_COLOURS[status]}{text}{_RESET}" if colour else text
 
     overall = paint(data["status"].upper(), data["status"])
+    scheduler = data["scheduler"]
     lines = [
-        f"dbjobs {overall} in {data['database']} at {data['checked_at']}",
-        f"scheduler: {data['scheduler']['detail']}",
+        f"dbjobs {overall} in {data['database']} (schema {data['schema']}) at {data['checked_at']}",
+        f"scheduler: {scheduler['detail']}",
+        f"schedules fire in {scheduler['timezone']} ({scheduler['timezone_source']})",
     ]
     if not report.installed:
         lines.append("dbjobs is not installed in this database: run `dbjobs install`")
-    header = ("job", "state", "schedule", "last run", "last success", "rows", "next run", "stale at")
+    header = ("job", "state", "schedule", "last run", "by", "last success", "rows", "next run", "stale at")
     rows = [header] + [
         (
             j["name"],
             j["state"],
             j["schedule"],
             _short(j["last_run_at"]),
+            j["last_trigger"] or "-",
             _short(j["last_success_at"]),
             "-" if j["last_rows_deleted"] is None else str(j["last_rows_deleted"]),
             _short(j["next_run_at"]),
@@ -154,14 +208,20 @@ def as_text(report: Report, colour: bool = False) -> str:
         )
         for j in data["jobs"]
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    statuses = [""] + [j["status"] for j in data["jobs"]]
-    for row, status in zip(rows, statuses, strict=True):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        if status:
-            cells[1] = paint(cells[1], status)
-        lines.append("  ".join(cells).rstrip())
-    lines += [f"{j['name']}: {j['last_error']}" for j in data["jobs"] if j["state"] == "failing"]
+    if report.installed and not data["jobs"]:
+        lines.append("no jobs are installed")
+    elif data["jobs"]:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        statuses = [""] + [j["status"] for j in data["jobs"]]
+        for row, status in zip(rows, statuses, strict=True):
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+            if status:
+                cells[1] = paint(cells[1], status)
+            lines.append("  ".join(cells).rstrip())
+    lines += [
+        f"{j['name']}: {j['last_error']}" for j in data["jobs"] if j["status"] != "pass" and j["last_error"]
+    ]
+    lines += [f"drift: {line}" for line in data["drift"]]
     return "\n".join(lines)
 
 

@@ -374,7 +374,7 @@ def _drift(
             lines.append(f"job {job.name!r} is in {source} but not installed: run `dbjobs install`")
             continue
         want = {
-            "table": table,
+            "table": _qualified(*table) if table else None,
             "expires": list(job.expires),
             "retain": retain,
             "where": job.where,
@@ -383,7 +383,9 @@ def _drift(
             "max_age": max_age,
             "partitions": job.partitions,
         }
-        stored = dict(have, table=_qualified(have), where=have.get("predicate"))
+        stored = dict(
+            have, table=_qualified(have["table_schema"], have["table_name"]), where=have["predicate"]
+        )
         diffs = [
             f"{key} {stored.get(key)!r} -> {want[key]!r}" for key in _COMPARED if stored.get(key) != want[key]
         ]
@@ -401,10 +403,8 @@ def _drift(
     return lines
 
 
-def _qualified(definition: dict[str, Any]) -> str | None:
-    if not definition.get("table_name"):
-        return None
-    return sql.Identifier(definition["table_schema"], definition["table_name"]).as_string(None)
+def _qualified(schema: str, name: str) -> str:
+    return sql.Identifier(schema, name).as_string(None)
 
 
 def _cron_facts(

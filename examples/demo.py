@@ -2,8 +2,10 @@
 
 Creates the four tables of the default jobs with sample rows, then runs
 `dbjobs install`, `dbjobs run --all` and `dbjobs status`, printing each command
-and its output. With --keep, the server stays up so that you can watch pg_cron
-run the jobs on schedule (`dbjobs status` again in a few minutes).
+and its output. The demo's configuration (demo.toml) cleans login_attempts
+every minute: with --keep, the demo waits for pg_cron's first scheduled run of
+it (about a minute), shows it in `dbjobs status`, and leaves the server up so
+that you can watch pg_cron run the jobs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -21,12 +25,28 @@ from dbjobs.devserver import ThrowawayServer
 HERE = Path(__file__).resolve().parent
 
 
-def dbjobs(dsn: str, *argv: str) -> None:
+def dbjobs(dsn: str, *argv: str, cwd: Path | None = None) -> None:
     print(f"\n$ dbjobs {' '.join(argv)}", flush=True)
     env = {**os.environ, "DBJOBS_DSN": dsn}
-    result = subprocess.run([sys.executable, "-m", "dbjobs", *argv], env=env, check=False)
+    result = subprocess.run([sys.executable, "-m", "dbjobs", *argv], env=env, cwd=cwd, check=False)
     if result.returncode not in (0, 1):
         raise SystemExit(f"dbjobs {argv[0]} exited with {result.returncode}")
+
+
+def wait_for_scheduled_run(dsn: str, job: str, timeout: float = 90) -> bool:
+    """Until pg_cron has run ``job`` on its own (dbjobs records it as trigger 'scheduled')."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM dbjobs.run WHERE job = %s AND trigger = 'scheduled'"
+                " AND status <> 'running'",
+                [job],
+            ).fetchone()
+            if row and row[0]:
+                return True
+            time.sleep(1)
+    return False
 
 
 def main() -> None:
@@ -48,19 +68,37 @@ def main() -> None:
             }
         print("Sample rows: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
 
-        dbjobs(dsn, "doctor")
-        dbjobs(dsn, "install")
-        dbjobs(dsn, "install")  # idempotent: nothing to change
+        config = str(HERE / "demo.toml")
+        dbjobs(dsn, "doctor", "--config", config)
+        dbjobs(dsn, "install", "--config", config)
+        dbjobs(dsn, "install", "--config", config)  # idempotent: nothing to change
         dbjobs(dsn, "run", "--all")
-        dbjobs(dsn, "status")
+        # Status reads the jobs installed in the database: no configuration is needed where it runs.
+        dbjobs(dsn, "status", cwd=Path(tempfile.gettempdir()))
         print("\n$ psql -c 'SELECT jobid, jobname, schedule, command FROM cron.job'")
         with psycopg.connect(dsn) as conn:
             for row in conn.execute("SELECT jobid, jobname, schedule, command FROM cron.job ORDER BY jobid"):
                 print("  ", *row)
+        if args.keep:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    "INSERT INTO login_attempts (created_at)"
+                    " SELECT now() - interval '8 days' FROM generate_series(1, 250)"
+                )
+            print(
+                "\n250 more login attempts expired 8 days ago. pg_cron runs login_attempts every minute "
+                "(schedule '* * * * *'): waiting for its first scheduled run...",
+                flush=True,
+            )
+            if wait_for_scheduled_run(dsn, "login_attempts"):
+                dbjobs(dsn, "status", cwd=Path(tempfile.gettempdir()))
+            else:
+                print("pg_cron has not run it within 90 s: see `dbjobs doctor`")
     finally:
         if args.keep:
             print(
-                f"\nThe server keeps running. Try: DBJOBS_DSN='{server.dsn('app')}' .venv/bin/dbjobs status"
+                f"\nThe server keeps running. Watch pg_cron at work:\n"
+                f"  watch -n 10 \"DBJOBS_DSN='{server.dsn('app')}' .venv/bin/dbjobs status\""
             )
             print(f"Stop it with: {server.stop_command()}")
         else:

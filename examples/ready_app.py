@@ -18,20 +18,29 @@ import dbjobs.health
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        self._ready(send_body=True)
+
+    def do_HEAD(self) -> None:  # probes that only look at the status code
+        self._ready(send_body=False)
+
+    def _ready(self, *, send_body: bool) -> None:
         if self.path != "/ready":
             self.send_error(404)
             return
+        # The jobs installed in the database: no dbjobs.toml is needed where the app runs.
         code, body = dbjobs.health.readiness()
         payload = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", dbjobs.health.HEALTH_CONTENT_TYPE)
         self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(payload)
+        if send_body:
+            self.wfile.write(payload)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="serve GET /ready from dbjobs' status")
+    parser = argparse.ArgumentParser(description="serve GET and HEAD /ready from dbjobs' status")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()

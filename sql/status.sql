@@ -46,7 +46,7 @@ SELECT last_value FROM cron.runid_seq;
 -- name: resolve_config
 -- A configuration's tables and intervals as install would store them, so that
 -- status can say how the configuration differs from what is installed.
-SELECT (SELECT format('%%I.%%I', n.nspname, c.relname)
+SELECT (SELECT ARRAY[n.nspname::text, c.relname::text]
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = to_regclass(u.tbl)),
        u.retain::interval::text,

@@ -71,3 +71,33 @@ def test_install_joins_the_migrations_transaction(app_separate: AppDb) -> None:
     assert app.execute("SELECT count(*) FROM dbjobs.job") == [(4,)]
     assert len(app.cron_jobs()) == 4 and len(app.maintenance_job()) == 1
     engine.dispose()
+
+
+def test_a_failed_migration_is_one_line_and_a_good_one_logs_the_plan(app: AppDb, tmp_path: Path) -> None:
+    (tmp_path / "dbjobs.toml").write_text(
+        '[jobs.gone]\ntable = "no_such_table"\nexpires = ["x"]\nretain = "1 day"\nschedule = "0 * * * *"\n'
+    )
+    failed = alembic(app, tmp_path, "upgrade", "head")
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("FAILED")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "FAILED: dbjobs install: job 'gone': table: relation 'no_such_table' does not exist"
+    ), output
+    assert "dbjobs" not in app.schemas()
+
+    (tmp_path / "dbjobs.toml").unlink()
+    app.execute(DEFAULT_TABLES)
+    up = alembic(app, tmp_path, "upgrade", "head")
+    assert up.returncode == 0, up.stderr
+    assert "dbjobs: create job refresh_tokens: delete from" in up.stderr  # Alembic's logger, on stderr
+
+
+def test_offline_sql_mode_refuses_in_one_line(app: AppDb, tmp_path: Path) -> None:
+    result = alembic(app, tmp_path, "upgrade", "head", "--sql")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert [line for line in output.splitlines() if line.startswith("FAILED")] == [
+        "FAILED: dbjobs migrations need a live connection: offline (--sql) mode is not supported; "
+        "`dbjobs install --dry-run` prints what would change"
+    ]

@@ -73,12 +73,10 @@ def test_health_json(ran: AppDb, dbjobs_cli) -> None:
     checks = document["checks"]
     assert checks["pg_cron:scheduler"][0]["status"] == "pass"
     failing = checks["refresh_tokens:last_success"][0]
-    assert (failing["componentId"], failing["status"], failing["observedValue"]) == (
-        "refresh_tokens",
-        "warn",
-        "failing",
-    )
+    assert (failing["componentId"], failing["status"]) == ("refresh_tokens", "warn")
+    assert 0 <= failing["observedValue"] < 300 and failing["observedUnit"] == "s"  # it succeeded once
     assert "does not exist" in failing["output"]
+    assert "refresh_tokens" in document["output"]
     assert checks["login_attempts:last_success"][0]["status"] == "pass"
     for entries in checks.values():
         for entry in entries:
@@ -149,7 +147,7 @@ def test_example_app_answers_ready_over_http(ran: AppDb, tmp_path: Path, reachab
     assert content_type == "application/health+json"
     if reachable:
         assert (code, body["status"]) == (200, "warn")  # warn still serves traffic
-        assert body["checks"]["refresh_tokens:last_success"][0]["observedValue"] == "failing"
+        assert body["checks"]["refresh_tokens:last_success"][0]["status"] == "warn"
     else:
         assert (code, body["status"]) == (503, "fail")
         assert "cannot connect" in body["output"]
