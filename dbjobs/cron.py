@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -20,7 +20,7 @@ from psycopg import sql
 from . import sqlfiles
 from .config import Config
 from .connection import connect, with_database
-from .errors import PrerequisiteError
+from .errors import ConnectError, PrerequisiteError
 
 NAME_PREFIX = "dbjobs:"
 # dbjobs' own job, which prunes pg_cron's history; configured job names start
@@ -30,6 +30,14 @@ MAINTENANCE_SCHEDULE = "47 * * * *"
 SCHEDULE_IN_DATABASE = "cron.schedule_in_database(text,text,text,text,text,boolean)"
 ALTER_JOB = "cron.alter_job(bigint,text,text,text,text,boolean)"
 MAX_JOBNAME_BYTES = 63  # pg_cron before 1.5 cuts job names to NAMEDATALEN - 1
+# pg_cron's launcher names itself so in pg_stat_activity, and runs as the
+# bootstrap superuser (OID 10) in pg_cron's database: a row every role may see.
+SCHEDULER_APPLICATION_NAME = "pg_cron scheduler"
+BOOTSTRAP_SUPERUSER = 10
+# Settings that only a newer pg_cron library defines, newest first: what the
+# library can do, where the extension's version may lag (pg_cron 1.6.0 kept
+# reporting 1.5 until ALTER EXTENSION pg_cron UPDATE).
+LIBRARY_SETTINGS = (((1, 6), "cron.launch_active_jobs"), ((1, 5), "cron.timezone"))
 
 
 @dataclass(frozen=True)
@@ -49,13 +57,29 @@ class CronSite:
     conn: psycopg.Connection[Any]
     database: str
     same_database: bool
-    version: tuple[int, ...]
+    version: tuple[int, ...]  # the extension's (pg_extension.extversion: '1.4-1' is (1, 4, 1))
     cron_database: str
     usage: bool = True  # USAGE on schema cron, which pg_cron does not grant to PUBLIC
+    # How cron_database was found: "this database", "cron_dsn", "pg_cron's scheduler runs
+    # there", "cron.database_name" or "the default".
+    found_by: str = "this database"
+    _library: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def version_text(self) -> str:
         return ".".join(map(str, self.version))
+
+    @property
+    def library_version(self) -> tuple[int, int]:
+        """(major, minor) of the pg_cron library the server runs, which is what decides the
+        schedules it accepts and how its scheduler behaves; see ``library_version``."""
+        if self._library is None:
+            self._library = library_version(self.conn, self.version)
+        return self._library
+
+    @property
+    def library_version_text(self) -> str:
+        return ".".join(map(str, self.library_version))
 
     def job_name(self, job: str) -> str:
         return cron_job_name(self.database, job)
@@ -182,10 +206,14 @@ def locate(
 ) -> Iterator[CronSite]:
     """The pg_cron database for ``conn``'s database.
 
-    When that is another database, its connection is opened here and, with
-    ``for_changes``, checked for the grants that scheduling there needs and
-    held in a transaction of its own. Raises PrerequisiteError, naming pg_cron
-    and the fix, when pg_cron cannot be found.
+    pg_cron is looked for in ``conn``'s database, then in ``cron_dsn`` when the
+    configuration sets it, else in the database where pg_cron's scheduler runs
+    (visible to every role), else in ``cron.database_name`` (where this role may
+    read it), else in ``postgres``. When that is another database, its
+    connection is opened here and, with ``for_changes``, checked for the grants
+    that scheduling there needs and held in a transaction of its own. Raises
+    PrerequisiteError, naming pg_cron and the fix in one line, when pg_cron
+    cannot be found.
     """
     here = _probe(conn)
     database, role = here.database, here.role
@@ -195,18 +223,34 @@ def locate(
         yield CronSite(conn, database, True, _version(here.ext_version), database, here.usage)
         return
 
-    cron_dsn = config.cron_dsn or with_database(conn, _cron_database_name(conn) or "postgres")
-    with connect(cron_dsn, autocommit=not for_changes) as cron_conn:
+    if config.cron_dsn:
+        cron_dsn, found_by = config.cron_dsn, "cron_dsn"
+    else:
+        name, found_by = find_cron_database(conn)
+        cron_dsn = with_database(conn, name)
+    try:
+        cron_conn = connect(cron_dsn, autocommit=not for_changes)
+    except ConnectError as exc:
+        if found_by == "cron_dsn":
+            raise
+        reason = str(exc).removesuffix(" (set --dsn, DBJOBS_DSN or DATABASE_URL)")
+        raise PrerequisiteError(
+            f"pg_cron is not installed in database {database!r}, and looking for it in database "
+            f"{name!r} ({found_by}) failed: {reason}; set cron_dsn to the database where pg_cron lives"
+        ) from None
+    with cron_conn:
         there = _probe(cron_conn)
         cron_db = there.database
         if there.ext_version is None:
             raise PrerequisiteError(
-                f"pg_cron is not installed in database {database!r} nor in {cron_db!r}: "
+                f"pg_cron is not installed in database {database!r} nor in {cron_db!r} ({found_by}): "
                 "add shared_preload_libraries = 'pg_cron' and cron.database_name to postgresql.conf, "
                 "restart, then run CREATE EXTENSION pg_cron in that database "
                 "(or set cron_dsn to where pg_cron lives)"
             )
-        site = CronSite(cron_conn, database, False, _version(there.ext_version), cron_db, there.usage)
+        site = CronSite(
+            cron_conn, database, False, _version(there.ext_version), cron_db, there.usage, found_by
+        )
         if not for_changes:
             yield site
             return
@@ -218,6 +262,60 @@ def locate(
             )
         with cron_conn.transaction():
             yield site
+
+
+def find_cron_database(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """The database pg_cron lives in, as any role can tell, and how it was found.
+
+    pg_cron's scheduler (its launcher) shows in pg_stat_activity, with its
+    database, to every role; cron.database_name is readable only by superusers
+    and members of pg_read_all_settings; 'postgres' is pg_cron's default. The
+    scheduler is not there on a hot standby, or when it is down.
+    """
+    row = conn.execute(
+        """
+        SELECT datname FROM pg_stat_activity
+         WHERE application_name = %s AND usesysid = %s AND datname IS NOT NULL
+         ORDER BY backend_start LIMIT 1
+        """,
+        [SCHEDULER_APPLICATION_NAME, BOOTSTRAP_SUPERUSER],
+    ).fetchone()
+    if row:
+        return row[0], "pg_cron's scheduler runs there"
+    setting = _cron_database_name(conn)
+    if setting:
+        return setting, "cron.database_name"
+    return "postgres", "the default"
+
+
+def library_version(conn: psycopg.Connection[Any], ext_version: tuple[int, ...] = ()) -> tuple[int, int]:
+    """(major, minor) of the pg_cron library this server runs.
+
+    The extension's version (``ext_version``, from pg_extension) can lag behind
+    the library: pg_cron 1.6.0 reported 1.5 until ALTER EXTENSION pg_cron
+    UPDATE, and a library upgraded without that keeps the old SQL. A newer
+    library is told by the settings it defines (cron.launch_active_jobs from
+    1.6, cron.timezone from 1.5), which show even to roles that may not read
+    their values.
+    """
+    major, minor = (*ext_version, 0, 0)[:2]
+    for version, setting in LIBRARY_SETTINGS:
+        if (major, minor) >= version:
+            break
+        if _setting_defined(conn, setting):
+            return version
+    return (major, minor)
+
+
+def _setting_defined(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Whether the server defines setting ``name`` (current_setting's missing_ok gives NULL only for
+    an unknown setting: one this role may not read raises an error instead)."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT current_setting(%s, true)", [name]).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return True
+    return bool(row and row[0] is not None)
 
 
 @dataclass(frozen=True)

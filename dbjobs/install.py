@@ -131,11 +131,21 @@ def install(
 
 
 def _check_schedules(jobs: list[ResolvedJob], site: cron.CronSite) -> None:
+    """Refuse a schedule the server's pg_cron would reject: '$' needs 1.6, 'N seconds' 1.5.
+
+    What counts is the library the server runs, not the extension's version,
+    which may lag (pg_cron 1.6.0 reported 1.5 until ALTER EXTENSION pg_cron UPDATE).
+    """
     for job in jobs:
-        if schedule.needs_pg_cron_1_5(job.job.schedule) and site.version < (1, 5):
+        needed = schedule.required_pg_cron(job.job.schedule)
+        if needed is None:
+            continue
+        version, feature = needed
+        if site.library_version < version:
+            wanted = ".".join(map(str, version))
             raise ConfigError(
-                f"job {job.name!r}: schedule: {job.job.schedule!r} needs pg_cron 1.5 or later "
-                f"(this server has {site.version_text})"
+                f"job {job.name!r}: schedule: {job.job.schedule!r} needs pg_cron {wanted} or later "
+                f"(this server has {site.library_version_text}): {feature} arrived in {wanted}"
             )
 
 
