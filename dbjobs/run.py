@@ -14,7 +14,7 @@ from psycopg import sql
 
 from .config import Config
 from .connection import connect, with_database
-from .errors import DbjobsError, NotInstalledError, UnknownJobError
+from .errors import DbjobsError, NotInstalledError, UnknownJobError, one_line_error
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,13 @@ def run(
             # still holds the job's lock, so that later runs are not skipped.
             conn.execute(
                 sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(config.schema, "finish_run")),
-                [row[0], " ".join(str(failure).split()) or type(failure).__name__],
+                [row[0], one_line_error(str(failure))],
             )
             row = conn.execute(latest, [job, before[0] if before else 0]).fetchone()
     finally:
         conn.autocommit = saved
     if row is None:
-        raise DbjobsError(f"job {job!r}: the run did not start: {failure}") from failure
+        raise DbjobsError(f"job {job!r}: the run did not start: {one_line_error(str(failure))}") from failure
     _, status, rows, started, duration, error, removed, partition_rows, mode = row
     return RunResult(
         job,

@@ -77,8 +77,11 @@ def main() -> None:
         dbjobs(dsn, "status", cwd=Path(tempfile.gettempdir()))
         print("\n$ psql -c 'SELECT jobid, jobname, schedule, command FROM cron.job'")
         with psycopg.connect(dsn) as conn:
-            for row in conn.execute("SELECT jobid, jobname, schedule, command FROM cron.job ORDER BY jobid"):
-                print("  ", *row)
+            for jobid, jobname, schedule, command in conn.execute(
+                "SELECT jobid, jobname, schedule, command FROM cron.job ORDER BY jobid"
+            ):
+                first = command.splitlines()[0]  # the maintenance job's SQL spans many lines
+                print(f"   {jobid} {jobname} '{schedule}' {first}{' ...' if first != command else ''}")
         if args.keep:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(
