@@ -452,7 +452,7 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
     assert row is not None
     standby, seen, may_see, now, grace_interval, may_read_settings, settings = row
     settings = settings or {}
-    timezone, source = _timezone(site, config, may_read_settings, settings)
+    timezone, source = _timezone(site, config, settings)
     paused = None if not may_read_settings else settings.get("cron.launch_active_jobs") == "off"
     if standby:
         return (
@@ -476,7 +476,7 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
             source,
             paused,
         )
-    elif site.version >= (1, 6):
+    elif site.library_version >= (1, 6):
         scheduler = Scheduler(
             False,
             "pg_cron scheduler is not running: pg_cron 1.6.1+ restarts it within a second, so it keeps "
@@ -488,25 +488,23 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
         scheduler = Scheduler(
             False,
             "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
-            f"then restart PostgreSQL (pg_cron {site.version_text} does not restart a launcher that was "
-            "terminated)",
+            f"then restart PostgreSQL (pg_cron {site.library_version_text} does not restart a launcher "
+            "that was terminated)",
             timezone, source, paused,
         )  # fmt: skip
     return scheduler, now, grace_interval
 
 
-def _timezone(
-    site: cron.CronSite, config: Config, may_read_settings: bool, settings: dict[str, str]
-) -> tuple[str, str]:
+def _timezone(site: cron.CronSite, config: Config, settings: dict[str, str]) -> tuple[str, str]:
     """The zone pg_cron fires schedules in, and where that came from.
 
     pg_cron 1.5+ reads cron.timezone (default GMT), which only superusers and
     pg_read_all_settings may read; before 1.5 it runs in UTC.
     """
+    if site.library_version < (1, 5):
+        return "UTC", f"pg_cron {site.library_version_text} runs schedules in UTC"
     if "cron.timezone" in settings:
         return settings["cron.timezone"], "cron.timezone"
-    if may_read_settings:  # the setting would be visible: the library has none (pg_cron 1.4)
-        return "UTC", f"pg_cron {site.version_text} runs schedules in UTC"
     if config.cron_timezone:
         return config.cron_timezone, "cron_timezone in the configuration (cron.timezone cannot be read)"
     return "GMT", "pg_cron's default (cron.timezone cannot be read by this role: set cron_timezone)"
