@@ -450,9 +450,10 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
     """pg_cron's launcher, its settings, and the server's clock (the history's timestamps come from it)."""
     row = site.conn.execute(sqlfiles.query("status.sql", "scheduler"), {"grace": config.grace}).fetchone()
     assert row is not None
-    standby, seen, may_see, now, grace_interval, may_read_settings, settings = row
+    standby, seen, may_see, now, grace_interval, may_read_settings, settings, started = row
     settings = settings or {}
-    timezone, source = _timezone(site, config, settings)
+    library = _library_version(site, started)
+    timezone, source = _timezone(library, config, settings)
     paused = None if not may_read_settings else settings.get("cron.launch_active_jobs") == "off"
     if standby:
         return (
@@ -476,7 +477,7 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
             source,
             paused,
         )
-    elif site.library_version >= (1, 6):
+    elif library >= (1, 6):
         scheduler = Scheduler(
             False,
             "pg_cron scheduler is not running: pg_cron 1.6.1+ restarts it within a second, so it keeps "
@@ -488,21 +489,38 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
         scheduler = Scheduler(
             False,
             "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
-            f"then restart PostgreSQL (pg_cron {site.library_version_text} does not restart a launcher "
+            f"then restart PostgreSQL (pg_cron {_text(library)} does not restart a launcher "
             "that was terminated)",
             timezone, source, paused,
         )  # fmt: skip
     return scheduler, now, grace_interval
 
 
-def _timezone(site: cron.CronSite, config: Config, settings: dict[str, str]) -> tuple[str, str]:
+# The pg_cron library's (major, minor) per server start: it cannot change while
+# the server runs, and telling it takes a few round trips (see cron.library_version)
+# that a readiness probe every few seconds need not pay.
+_LIBRARY_VERSIONS: dict[tuple[str, str, datetime], tuple[int, int]] = {}
+
+
+def _library_version(site: cron.CronSite, started: datetime) -> tuple[int, int]:
+    key = (site.conn.info.host, str(site.conn.info.port), started)
+    if key not in _LIBRARY_VERSIONS:
+        _LIBRARY_VERSIONS[key] = site.library_version
+    return _LIBRARY_VERSIONS[key]
+
+
+def _text(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+def _timezone(library: tuple[int, int], config: Config, settings: dict[str, str]) -> tuple[str, str]:
     """The zone pg_cron fires schedules in, and where that came from.
 
     pg_cron 1.5+ reads cron.timezone (default GMT), which only superusers and
     pg_read_all_settings may read; before 1.5 it runs in UTC.
     """
-    if site.library_version < (1, 5):
-        return "UTC", f"pg_cron {site.library_version_text} runs schedules in UTC"
+    if library < (1, 5):
+        return "UTC", f"pg_cron {_text(library)} runs schedules in UTC"
     if "cron.timezone" in settings:
         return settings["cron.timezone"], "cron.timezone"
     if config.cron_timezone:

@@ -38,7 +38,8 @@ SELECT pg_is_in_recovery(),
        pg_has_role(current_user, 'pg_read_all_settings', 'USAGE'),
        -- pg_cron's settings are visible to superusers and pg_read_all_settings only.
        (SELECT jsonb_object_agg(name, setting) FROM pg_settings
-         WHERE name IN ('cron.timezone', 'cron.launch_active_jobs', 'cron.log_run'));
+         WHERE name IN ('cron.timezone', 'cron.launch_active_jobs', 'cron.log_run')),
+       pg_postmaster_start_time();
 
 -- name: cron_last_runid
 SELECT last_value FROM cron.runid_seq;
