@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
-from tqdm import tqdm
 
 from . import __version__, formats
 from .config import Config, load_config
 from .connection import connect, redact, resolve_dsn
-from .cron import MAINTENANCE_JOB
-from .doctor import doctor, worst
 from .errors import ConnectError, DbjobsError, PrerequisiteError, UnknownJobError, one_line_error
 from .health import StatusUnknown, read_status, status_config
-from .install import install, uninstall
-from .run import RunResult, installed_jobs, run
 from .status import SEVERITY
+
+if TYPE_CHECKING:
+    from .run import RunResult
+
+# Each command imports what only it uses (install's machinery, doctor, tqdm)
+# when it runs: `dbjobs status`, called every few seconds by monitors, starts
+# in little more than the time Python takes to import psycopg.
 
 EXIT_UNKNOWN = 3
 # A usage error (a flag misspelt, a missing argument) exits with a code that
@@ -135,6 +137,8 @@ def _explain(exc: DbjobsError | psycopg.Error) -> tuple[str, int]:
 
 
 def _cmd_install(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    from .install import install
+
     with connect(dsn) as conn:
         plan = install(conn, config, dry_run=args.dry_run)
     print("\n".join(plan.lines()))
@@ -142,6 +146,8 @@ def _cmd_install(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
 
 def _cmd_uninstall(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    from .install import uninstall
+
     with connect(dsn) as conn:
         plan = uninstall(conn, config)
     print("\n".join(plan.lines()) if plan.changed else "nothing to remove: dbjobs is not installed")
@@ -165,6 +171,9 @@ def _cmd_status(args: argparse.Namespace, dsn: str, config: Config, config_probl
 
 
 def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    from .cron import MAINTENANCE_JOB
+    from .run import installed_jobs, run
+
     if args.jobs and args.all:
         raise UnknownJobError("name jobs or give --all, not both (--all runs every installed job)")
     if not args.jobs and not args.all:
@@ -198,6 +207,10 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
 def _run_with_progress(conn: psycopg.Connection[Any], config: Config, name: str) -> RunResult:
     """On a terminal: rows deleted, rate and an ETA from the planner's estimate, on stderr."""
+    from tqdm import tqdm
+
+    from .run import run
+
     with tqdm(desc=name, unit=" rows", unit_scale=True, leave=False, file=sys.stderr) as bar:
 
         def show(deleted: int, estimate: int | None) -> None:
@@ -209,6 +222,8 @@ def _run_with_progress(conn: psycopg.Connection[Any], config: Config, name: str)
 
 
 def _cmd_doctor(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    from .doctor import doctor, worst
+
     with connect(dsn, autocommit=True) as conn:
         checks = doctor(conn, config)
     print("\n".join(line for check in checks for line in check.lines()))

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-
 from .status import Report
 
 HEALTH_CONTENT_TYPE = "application/health+json"
@@ -116,6 +114,9 @@ def as_prometheus(report: Report | None) -> str:
     does not fire for it: alert on ``dbjobs_job_state{state="pending"}`` or on
     staleness instead.
     """
+    # Imported here: a text status need not load prometheus_client.
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
     registry = CollectorRegistry()
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:

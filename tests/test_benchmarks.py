@@ -65,3 +65,14 @@ def test_contention_benchmark_partitioned_smoke() -> None:
     lines = bench("contention.py", "--rows", "20000", "--seconds", "2", "--partitioned")
     assert "range-partitioned, the expired half in 10 partitions" in lines[0]
     assert lines[2].startswith("dbjobs cleanup") and lines[2].endswith("10 partitions dropped")
+
+
+def test_cli_benchmark_smoke() -> None:
+    lines = bench("cli.py", "--repeat", "2")
+    assert lines[0] == "2 runs of each, alternating; medians:"
+    assert [line[:36].strip() for line in lines[1:4]] == [
+        "python -c 'import psycopg'",
+        "dbjobs status",
+        "dbjobs status --format prometheus",
+    ]
+    assert lines[4].startswith("ratio: dbjobs status / import psycopg = ")
