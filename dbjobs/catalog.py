@@ -31,6 +31,11 @@ class ResolvedJob:
     retain: str
     max_age: str | None
     partitioned: bool = False
+    relid: int = 0  # the table's oid
+
+    @property
+    def predicate_search_path(self) -> str:
+        return predicate_search_path(self.table_schema)
 
     @property
     def name(self) -> str:
@@ -43,6 +48,25 @@ class ResolvedJob:
 
 class _Rollback(Exception):
     pass
+
+
+def predicate_search_path(schema: str) -> str:
+    """The search_path a job's ``where`` is evaluated with, at install and in every run.
+
+    The same as schema.sql's (see expired_rule there): pg_catalog first, so that
+    an object created in the table's schema cannot stand in for a built-in
+    function or operator of the same signature; then the table's schema, where
+    the application's own tables, types and functions usually are; pg_temp
+    last (left out, it would be searched first for tables and types). Names in
+    any other schema are written qualified. Validating with the connection's
+    search_path instead let predicates through that then failed every run.
+    """
+    return f"pg_catalog, {sql.Identifier(schema).as_string(None)}, pg_temp"
+
+
+def use_predicate_search_path(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Set the predicate's search_path until the end of the current transaction (or savepoint)."""
+    conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", [predicate_search_path(schema)])
 
 
 def interval(conn: psycopg.Connection[Any], where: str, key: str, text: str) -> str:
@@ -131,24 +155,122 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
             """
             SELECT attname, format_type(atttypid, NULL)
               FROM pg_attribute
-             WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attname = ANY(%s)
+             WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
             """,
-            [oid, list(job.expires)],
+            [oid],
         ).fetchall()
     )
     for column in job.expires:
         if column not in columns:
-            raise ConfigError(f"{where}: expires: column {column!r} does not exist in {job.table!r}")
+            raise ConfigError(
+                f"{where}: expires: column {column!r} does not exist in {job.table!r}"
+                + _column_hint(column, list(columns))
+            )
         if columns[column] not in EXPIRY_TYPES:
             raise ConfigError(
                 f"{where}: expires: column {column!r} is {columns[column]}, "
                 "not timestamp, timestamptz or date"
             )
 
-    resolved = ResolvedJob(job, schema, table, retain, max_age, partitioned=relkind == "p")
+    resolved = ResolvedJob(job, schema, table, retain, max_age, partitioned=relkind == "p", relid=oid)
     if job.where is not None:
         _check_predicate(conn, resolved)
+    for rls in row_security(conn, resolved):
+        if rls.hidden:
+            raise ConfigError(f"{where}: table: {rls.refusal()}")
     return resolved
+
+
+def _column_hint(column: str, existing: list[str]) -> str:
+    """Why an ``expires`` name was not found, when the catalog has a near spelling."""
+    if len(column) > 2 and column.startswith('"') and column.endswith('"'):
+        bare = column[1:-1].replace('""', '"')
+        if bare in existing:
+            return f" (write it as the catalog spells it, without SQL quotes: {bare!r})"
+    folded = [name for name in existing if name.lower() == column.strip('"').lower()]
+    if folded:
+        return f" (the catalog spells it {folded[0]!r}: write that, quotes and case as they are there)"
+    return ""
+
+
+@dataclass(frozen=True)
+class RowSecurity:
+    """Row-level security that applies to the connected role on one relation a job deletes from."""
+
+    relation: str  # schema.name, quoted where needed
+    role: str  # the connected role, quoted where needed
+    forced_owner: bool  # the role owns it, and FORCE ROW LEVEL SECURITY applies it anyway
+    hidden: list[str]  # commands no permissive policy grants: SELECT, UPDATE, DELETE
+    filtering: list[str]  # policies that may hide rows: restrictive, or USING other than true
+
+    def refusal(self) -> str:
+        fix = (
+            f"ALTER TABLE {self.relation} NO FORCE ROW LEVEL SECURITY"
+            if self.forced_owner
+            else "install as the table's owner"
+        )
+        return (
+            f"row-level security on {self.relation} hides every row from role {self.role} "
+            f"(no policy lets it {', '.join(self.hidden)}): every run would delete nothing; "
+            f"CREATE POLICY dbjobs_cleanup ON {self.relation} TO {self.role} USING (true), "
+            f"or ALTER ROLE {self.role} BYPASSRLS, or {fix}"
+        )
+
+
+# The relations a job deletes from (the table, or each leaf of a partitioned
+# table: batches delete from the leaves directly, so theirs is the security
+# that applies) where row-level security applies to the connected role: the
+# server's row_security_active() decides (not the owner, or FORCE; neither
+# superuser nor BYPASSRLS). For each: the commands a batch needs that no
+# permissive policy for the role grants (SELECT and DELETE, and UPDATE for the
+# row locks of FOR UPDATE SKIP LOCKED; a policy without USING grants nothing):
+# with one missing, no row can be deleted. And the policies that may hide
+# some rows: restrictive ones, and permissive ones whose USING is not `true`
+# when no `USING (true)` one covers the command. schema.sql's next_target
+# makes the first check again in every run.
+_ROW_SECURITY = """
+WITH applying AS (
+    SELECT p.* FROM pg_policy p
+     WHERE p.polcmd IN ('*', 'r', 'w', 'd')
+       AND EXISTS (SELECT FROM unnest(p.polroles) AS g(role)
+                    WHERE CASE WHEN g.role = 0 THEN true  -- PUBLIC
+                               ELSE pg_has_role(current_user, g.role, 'MEMBER') END)
+), commands(n, code, cmd) AS (
+    VALUES (1, 'r', 'SELECT'), (2, 'w', 'UPDATE'), (3, 'd', 'DELETE')
+)
+SELECT format('%%I.%%I', n.nspname, c.relname), quote_ident(current_user),
+       c.relforcerowsecurity AND pg_has_role(c.relowner, 'USAGE'),
+       ARRAY(SELECT v.cmd FROM commands v
+              WHERE NOT EXISTS (SELECT FROM applying p
+                                 WHERE p.polrelid = c.oid AND p.polpermissive AND p.polqual IS NOT NULL
+                                   AND p.polcmd IN ('*', v.code))
+              ORDER BY v.n),
+       ARRAY(SELECT p.polname::text FROM applying p
+              WHERE p.polrelid = c.oid
+                AND ((NOT p.polpermissive AND pg_get_expr(p.polqual, p.polrelid) IS DISTINCT FROM 'true')
+                     OR (p.polpermissive AND p.polqual IS NOT NULL
+                         AND pg_get_expr(p.polqual, p.polrelid) <> 'true'
+                         AND EXISTS (SELECT FROM commands v
+                                      WHERE p.polcmd IN ('*', v.code)
+                                        AND NOT EXISTS (SELECT FROM applying o
+                                                         WHERE o.polrelid = c.oid AND o.polpermissive
+                                                           AND pg_get_expr(o.polqual, o.polrelid) = 'true'
+                                                           AND o.polcmd IN ('*', v.code)))))
+              ORDER BY 1)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid IN (SELECT %(oid)s::oid
+                  WHERE NOT EXISTS (SELECT FROM pg_partitioned_table t WHERE t.partrelid = %(oid)s::oid)
+                 UNION ALL
+                 SELECT t.relid FROM pg_partition_tree(%(oid)s::regclass) t WHERE t.isleaf)
+   AND row_security_active(c.oid)
+ ORDER BY c.oid
+"""
+
+
+def row_security(conn: psycopg.Connection[Any], job: ResolvedJob) -> list[RowSecurity]:
+    """Row-level security that applies to the connected role where ``job`` deletes (empty: none)."""
+    rows = conn.execute(_ROW_SECURITY, {"oid": job.relid}).fetchall()
+    return [RowSecurity(r[0], r[1], bool(r[2]), list(r[3]), list(r[4])) for r in rows]
 
 
 def _check_partitions(conn: psycopg.Connection[Any], job: Job, oid: int) -> None:
@@ -202,7 +324,10 @@ def _check_predicate(conn: psycopg.Connection[Any], job: ResolvedJob) -> None:
 
     Two probes, both planned and never executed. As a select list it must give
     exactly one boolean column: that rejects "a, b", "a) OR (b" and "x; DROP
-    ...". Then the exact DELETE that the cleanup will run must plan.
+    ...". Then the exact DELETE that the cleanup will run must plan. Both with
+    the search_path every run uses (predicate_search_path), so that a name
+    that only the installing connection's search_path finds is refused here,
+    not in every run.
     """
     where = f"job {job.name!r}"
     predicate = job.job.where or ""
@@ -217,6 +342,8 @@ def _check_predicate(conn: psycopg.Connection[Any], job: ResolvedJob) -> None:
     ]
     try:
         with conn.transaction():
+            # Undone with the savepoint (or transaction) when it rolls back.
+            use_predicate_search_path(conn, job.table_schema)
             with conn.cursor() as cur:
                 # prepare=True sends one Parse message: the server refuses a
                 # second statement smuggled in after a semicolon.
@@ -234,9 +361,39 @@ def _check_predicate(conn: psycopg.Connection[Any], job: ResolvedJob) -> None:
                 f"{where}: where: {predicate!r} is not a single expression: "
                 "write one boolean SQL expression, without ';'"
             ) from None
-        raise ConfigError(
-            f"{where}: where: {predicate!r} is not a valid predicate: {_first_line(exc)}"
-        ) from None
+        reason = _first_line(exc)
+        if isinstance(exc, _UNRESOLVED):
+            reason += (
+                f" (names in `where` resolve with search_path {job.predicate_search_path}, in every run"
+                + (
+                    "; only this connection's search_path finds it: qualify the name with its schema)"
+                    if _plans(conn, probes)
+                    else ")"
+                )
+            )
+        raise ConfigError(f"{where}: where: {predicate!r} is not a valid predicate: {reason}") from None
+
+
+# A table, function, operator or type that the predicate's search_path does not find.
+_UNRESOLVED = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.UndefinedObject,
+)
+
+
+def _plans(conn: psycopg.Connection[Any], probes: list[sql.Composed]) -> bool:
+    """Whether the probes plan with the connection's own search_path."""
+    try:
+        with conn.transaction():
+            with conn.cursor() as cur:
+                for probe in probes:
+                    cur.execute(probe, prepare=True)
+            raise _Rollback
+    except _Rollback:
+        return True
+    except psycopg.Error:
+        return False
 
 
 # String literals and quoted names, whose ';' do not end the expression.

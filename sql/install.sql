@@ -21,15 +21,25 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
 -- name: index_for_column
 -- Whether some valid, complete btree index of the table has the column as its
 -- first key, so that the cleanup's range comparison on that column can use it
--- (a hash index cannot serve "<", a partial index not every row).
-SELECT EXISTS (
-    SELECT FROM pg_index i
+-- (a hash index cannot serve "<"); and the names of the valid partial btree
+-- indexes that do (with their partitions' for a partitioned index, as EXPLAIN
+-- names them): doctor asks the planner whether the job's rule lets it use one
+-- (whether the rule implies the index's predicate) rather than parse either.
+WITH candidates AS (
+    SELECT i.indexrelid, i.indpred IS NULL AS complete
+      FROM pg_index i
       JOIN pg_class c ON c.oid = i.indexrelid
       JOIN pg_am am ON am.oid = c.relam AND am.amname = 'btree'
      WHERE i.indrelid = to_regclass(%(table)s)
-       AND i.indisvalid AND i.indpred IS NULL
+       AND i.indisvalid
        AND i.indkey[0] = (SELECT attnum FROM pg_attribute
-                           WHERE attrelid = i.indrelid AND attname = %(column)s AND NOT attisdropped));
+                           WHERE attrelid = i.indrelid AND attname = %(column)s AND NOT attisdropped))
+SELECT EXISTS (SELECT FROM candidates WHERE complete),
+       ARRAY(SELECT c.relname::text FROM candidates l JOIN pg_class c ON c.oid = l.indexrelid WHERE NOT l.complete
+             UNION
+             SELECT c.relname::text FROM candidates l, pg_partition_tree(l.indexrelid) t
+               JOIN pg_class c ON c.oid = t.relid
+              WHERE NOT l.complete);
 
 -- name: preload
 -- shared_preload_libraries, when this role may read it (superusers and

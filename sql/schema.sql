@@ -74,6 +74,16 @@ ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS partition_rows bigint NOT NULL
 -- job.expires), each batch starting from the last value the previous one saw.
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS keyset_column integer;
 ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS keyset_from timestamptz;
+-- Expired rows a run met but left for a later run because deleting them needed
+-- a lock that someone else held (on the row, or on a row its delete cascades
+-- to or a trigger touches): see delete_batch.
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS rows_skipped bigint NOT NULL DEFAULT 0;
+-- The tables the current target's deletes cascade into (ON DELETE CASCADE, all
+-- the way down), and the rows each of them lost by cascade during this run,
+-- {"auth.refresh_tokens": 30000}: NULL when nothing cascades. Counted exactly,
+-- per batch, from the transaction's own statistics (see delete_batch).
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS cascade_tables oid[];
+ALTER TABLE @schema@.run ADD COLUMN IF NOT EXISTS cascaded_rows jsonb;
 CREATE INDEX IF NOT EXISTS run_job_latest ON @schema@.run (job, id DESC);
 CREATE INDEX IF NOT EXISTS run_job_latest_success ON @schema@.run (job, id DESC)
     WHERE status = 'succeeded';
@@ -105,6 +115,17 @@ $$;
 -- The rows a job deletes: (c1 < $1 OR c2 < $1 ...) AND (predicate), where $1 is
 -- the run's cutoff, now() - retain. One comparison per column, OR-ed, so that an
 -- index on each column can serve it (a BitmapOr); NULL columns never match.
+--
+-- Names in the predicate resolve with search_path = pg_catalog, <the table's
+-- schema>, pg_temp, here as at install (catalog.py checks it with the same
+-- path): a predicate that validates also runs, whatever the search_path of
+-- the role, of pg_cron's session or of the installing connection. pg_catalog
+-- comes first so that an object created in the table's schema cannot take the
+-- place of a built-in function or operator of the same signature; pg_temp
+-- comes last (left out, it would be searched first for tables and types).
+-- Every statement that evaluates the predicate sets that path just for itself
+-- (set_config(..., true), undone when the function returns: a SET clause
+-- restores the setting on exit); dbjobs' own statements keep the pinned one.
 CREATE OR REPLACE FUNCTION @schema@.expired_rule(j @schema@.job)
 RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -241,9 +262,12 @@ BEGIN
     -- The planner's estimate of the rows to delete, for progress reports.
     cutoff := now() - j.retain;
     BEGIN
+        -- The predicate's names resolve as in every batch (see expired_rule).
+        PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
         EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM %I.%I WHERE %s',
                        j.table_schema, j.table_name, @schema@.expired_rule(j))
            INTO plan USING cutoff;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         expired := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
     EXCEPTION WHEN OTHERS THEN
         expired := NULL;  -- the first batch will fail the same way, and be recorded
@@ -270,6 +294,12 @@ $$;
 -- the indexes would visit scattered pages again and again. When a small share
 -- is expired, index-driven batches read far less. The planner's estimate
 -- decides, as it does for a single DELETE.
+--
+-- It also refuses a relation whose row-level security hides every row from
+-- the role running the job (install refuses it too, but a policy can be
+-- dropped later): without it, every run would "succeed" deleting nothing.
+-- And it lists the tables the relation's deletes cascade into, whose deleted
+-- rows each batch counts.
 CREATE OR REPLACE FUNCTION @schema@.next_target(run_id bigint, after oid)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -287,6 +317,8 @@ DECLARE
     pages    bigint;
     how      text;
     first_pages integer;
+    hidden   text;
+    children oid[];
 BEGIN
     SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
     SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
@@ -304,9 +336,61 @@ BEGIN
         RETURN false;
     END IF;
 
+    -- Row-level security that applies to this role here (it is not the owner,
+    -- or the table forces it; not a superuser nor BYPASSRLS: the server's own
+    -- row_security_active() decides), with no permissive policy for one of
+    -- the commands a batch needs (SELECT and DELETE, and UPDATE for the row
+    -- locks of FOR UPDATE SKIP LOCKED): default-deny, no row could be deleted.
+    -- A policy without USING grants nothing either. Policies that exist but
+    -- hide some rows cannot be told from rows that are not there: doctor warns
+    -- about them. The same check as catalog.row_security.
+    IF row_security_active(leaf) THEN
+        SELECT string_agg(v.cmd, ', ' ORDER BY v.n) INTO hidden
+          FROM (VALUES (1, 'r', 'SELECT'), (2, 'w', 'UPDATE'), (3, 'd', 'DELETE')) AS v(n, code, cmd)
+         WHERE NOT EXISTS (
+                 SELECT FROM pg_policy p
+                  WHERE p.polrelid = leaf AND p.polpermissive AND p.polqual IS NOT NULL
+                    AND p.polcmd IN ('*', v.code)
+                    AND EXISTS (SELECT FROM unnest(p.polroles) AS g(role)
+                                 WHERE CASE WHEN g.role = 0 THEN true  -- PUBLIC
+                                            ELSE pg_has_role(current_user, g.role, 'MEMBER') END));
+        IF hidden IS NOT NULL THEN
+            RAISE EXCEPTION 'row-level security on % hides every row from role %: no policy lets it %',
+                            leaf, quote_ident(current_user), hidden
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = format('CREATE POLICY dbjobs_cleanup ON %s TO %I USING (true), '
+                                    'or ALTER ROLE %I BYPASSRLS, or run dbjobs as the table''s owner%s',
+                                    leaf, current_user, current_user,
+                                    CASE WHEN (SELECT c.relforcerowsecurity FROM pg_class c WHERE c.oid = leaf)
+                                         THEN format(' with ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', leaf)
+                                         ELSE '' END);
+        END IF;
+    END IF;
+
+    -- Where deletes cascade: the referencing tables of ON DELETE CASCADE
+    -- foreign keys, and theirs in turn (leaf partitions for a partitioned
+    -- one: the statistics are kept per leaf). The relation itself is left out:
+    -- a cascade within it is not told from the batch's own deletes.
+    WITH RECURSIVE chain(relid) AS (
+        SELECT leaf::oid
+        UNION
+        SELECT c.conrelid FROM chain JOIN pg_constraint c ON c.confrelid = chain.relid
+         WHERE c.contype = 'f' AND c.confdeltype = 'c'
+    )
+    SELECT array_agg(DISTINCT l.relid ORDER BY l.relid) INTO children
+      FROM chain,
+           LATERAL (SELECT chain.relid
+                     WHERE NOT EXISTS (SELECT FROM pg_partitioned_table p WHERE p.partrelid = chain.relid)
+                    UNION ALL
+                    SELECT t.relid::oid FROM pg_partition_tree(chain.relid) t WHERE t.isleaf) AS l(relid)
+     WHERE l.relid <> leaf::oid;
+
     BEGIN
+        -- The predicate's names resolve as in every batch (see expired_rule).
+        PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
         EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM %s WHERE %s', leaf, @schema@.expired_rule(j))
            INTO plan USING r.cutoff;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         expired := (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8;
     EXCEPTION WHEN OTHERS THEN
         expired := NULL;  -- the first batch will fail the same way, and be recorded
@@ -331,7 +415,8 @@ BEGIN
            pages_per_batch = CASE WHEN how = 'sweep' THEN first_pages END,
            pages_max = CASE WHEN how = 'sweep' THEN least(10 * first_pages, 100000) END,
            keyset_column = CASE WHEN how = 'index' THEN 1 END,
-           keyset_from = CASE WHEN how = 'index' THEN timestamptz '-infinity' END
+           keyset_from = CASE WHEN how = 'index' THEN timestamptz '-infinity' END,
+           cascade_tables = children
      WHERE id = run_id;
     RETURN true;
 END
@@ -408,6 +493,33 @@ $$;
 -- holds: the batch that hits one is rolled back (its subtransaction) and done
 -- again with SKIP LOCKED, so only that batch pays for row locks, and the held
 -- rows are left to a later run.
+--
+-- SKIP LOCKED skips rows of the job's own table only. When deleting a row
+-- needs a lock on another row that the application holds (a child row an ON
+-- DELETE CASCADE deletes, a row a trigger updates, a key a NO ACTION check
+-- locks), the retry times out too. The batch's rows, locked, are then deleted
+-- a chunk of 100 at a time, and a chunk that times out one row at a time, each
+-- in its own subtransaction; the rows whose delete still times out are left
+-- to a later run and counted in run.rows_skipped. Chunks keep the number of
+-- subtransactions (and of waits) small when few rows are blocked. Those waits
+-- are bounded: lock_timeout 50 ms each, past the two 200 ms waits that
+-- showed something is held for longer than a moment, and 20 of them at most
+-- per batch, after which the batch's remaining rows are left too: such a
+-- batch takes at most about 1.4 s more. A batch that meets no lock runs the
+-- single statement it always did.
+--
+-- Deferred constraints (DEFERRABLE INITIALLY DEFERRED foreign keys, as Django
+-- declares them, deferred constraint triggers) are checked at the end of each
+-- statement instead of at the batch's COMMIT: run_job's COMMIT cannot sit in
+-- an exception handler, so a violation there would end the CALL with the run
+-- left "running" and its error lost; raised here, it is the run's error.
+--
+-- Rows deleted by cascade are counted exactly, at the cost of a lookup in
+-- this backend's memory per table: pg_stat_get_xact_tuples_deleted() of each
+-- table in run.cascade_tables, read before and after each statement that
+-- succeeded (a subtransaction rolled back still adds its attempted deletes
+-- there, so a failed statement's reading is never used). Rows a trigger
+-- deletes elsewhere are not counted.
 CREATE OR REPLACE FUNCTION @schema@.delete_batch(run_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -416,15 +528,28 @@ SET TimeZone = 'UTC'
 SET lock_timeout = '200ms'
 AS $$
 DECLARE
-    r       @schema@.run;
-    j       @schema@.job;
-    rule    text;
+    r        @schema@.run;
+    j        @schema@.job;
+    rule     text;
+    pinned   CONSTANT text := 'pg_catalog, pg_temp';
+    path     text;      -- the predicate's search_path (see expired_rule)
     lo       tid;
     hi       tid;
-    deleted  bigint;
+    deleted  bigint := 0;
+    skipped  bigint := 0;
     col      name;
     last_key timestamptz;
     started  timestamptz;
+    met_lock boolean := false;
+    held     tid[];     -- locked rows to delete a chunk, then a row, at a time
+    chunk    tid[];
+    one      tid;
+    got      bigint;
+    waits    integer := 0;
+    i        integer := 1;
+    counting boolean;
+    seen     bigint[];  -- cascade_tables' deleted rows before a statement
+    moved    bigint[];  -- their rows deleted by this batch's statements
 BEGIN
     SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
     SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
@@ -441,6 +566,10 @@ BEGIN
         RETURN CASE WHEN r.strategy IS NULL AND @schema@.next_target(run_id, 0) THEN 0 END;
     END IF;
     rule := @schema@.expired_rule(j);
+    path := format('pg_catalog, %I, pg_temp', j.table_schema);
+    SET CONSTRAINTS ALL IMMEDIATE;
+    counting := coalesce(cardinality(r.cascade_tables), 0) > 0;
+    moved := array_fill(0::bigint, ARRAY[coalesce(cardinality(r.cascade_tables), 0)]);
 
     IF r.strategy = 'sweep' THEN
         IF r.sweep_next >= r.sweep_end THEN
@@ -450,17 +579,154 @@ BEGIN
         hi := format('(%s,0)', r.sweep_next + r.pages_per_batch)::tid;
         started := clock_timestamp();
         BEGIN
+            IF counting THEN
+                seen := ARRAY(SELECT pg_stat_get_xact_tuples_deleted(u.t)
+                                FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+            END IF;
+            PERFORM set_config('search_path', path, true);
             EXECUTE format('DELETE FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s', r.target::regclass, rule)
             USING r.cutoff, lo, hi;
+            GET DIAGNOSTICS deleted = ROW_COUNT;
+            PERFORM pg_catalog.set_config('search_path', pinned, true);
+            IF counting THEN
+                moved := ARRAY(SELECT moved[u.n] + pg_stat_get_xact_tuples_deleted(u.t) - seen[u.n]
+                                 FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+            END IF;
         EXCEPTION WHEN lock_not_available THEN
-            EXECUTE format(
-                'DELETE FROM %1$s WHERE ctid = ANY(ARRAY('
-                '    SELECT ctid FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s FOR UPDATE SKIP LOCKED'
-                ')) AND %2$s',
-                r.target::regclass, rule)
-            USING r.cutoff, lo, hi;
+            met_lock := true;
+            BEGIN
+                IF counting THEN
+                    seen := ARRAY(SELECT pg_stat_get_xact_tuples_deleted(u.t)
+                                    FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+                END IF;
+                PERFORM set_config('search_path', path, true);
+                EXECUTE format(
+                    'DELETE FROM %1$s WHERE ctid = ANY(ARRAY('
+                    '    SELECT ctid FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s FOR UPDATE SKIP LOCKED'
+                    ')) AND %2$s',
+                    r.target::regclass, rule)
+                USING r.cutoff, lo, hi;
+                GET DIAGNOSTICS deleted = ROW_COUNT;
+                PERFORM pg_catalog.set_config('search_path', pinned, true);
+                IF counting THEN
+                    moved := ARRAY(SELECT moved[u.n] + pg_stat_get_xact_tuples_deleted(u.t) - seen[u.n]
+                                     FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+                END IF;
+            EXCEPTION WHEN lock_not_available THEN
+                -- Not a row of this table (those were skipped): one that
+                -- deleting them needs. Lock the batch's rows, then see below.
+                PERFORM set_config('search_path', path, true);
+                EXECUTE format(
+                    'SELECT array_agg(ctid) FROM ('
+                    '    SELECT ctid FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s FOR UPDATE SKIP LOCKED'
+                    ') AS p',
+                    r.target::regclass, rule)
+                INTO held USING r.cutoff, lo, hi;
+                PERFORM pg_catalog.set_config('search_path', pinned, true);
+            END;
         END;
-        GET DIAGNOSTICS deleted = ROW_COUNT;
+    ELSE
+        -- Index-driven, one expiry column c at a time: the next batch_size rows
+        -- in c's order from where the previous batch stopped (keyset), so that no
+        -- batch walks again over the index entries of rows already deleted. Rows
+        -- the application holds are skipped (SKIP LOCKED) and left to a later
+        -- run; the rule is checked again on the rows actually deleted. A row that
+        -- expired through another column is found in that column's turn.
+        col := j.expires[r.keyset_column];
+        BEGIN
+            IF counting THEN
+                seen := ARRAY(SELECT pg_stat_get_xact_tuples_deleted(u.t)
+                                FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+            END IF;
+            PERFORM set_config('search_path', path, true);
+            EXECUTE format(
+                'WITH picked AS MATERIALIZED ('
+                '    SELECT ctid, %3$I AS k FROM %1$s WHERE %3$I < $1 AND %3$I >= $2 AND %2$s'
+                '     ORDER BY %3$I LIMIT %4$s FOR UPDATE SKIP LOCKED'
+                '), gone AS ('
+                '    DELETE FROM %1$s WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked)) AND %2$s RETURNING 1'
+                ') SELECT (SELECT count(*) FROM gone), (SELECT max(k) FROM picked)',
+                r.target::regclass, rule, col, j.batch_size)
+            INTO deleted, last_key USING r.cutoff, r.keyset_from;
+            PERFORM pg_catalog.set_config('search_path', pinned, true);
+            IF counting THEN
+                moved := ARRAY(SELECT moved[u.n] + pg_stat_get_xact_tuples_deleted(u.t) - seen[u.n]
+                                 FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+            END IF;
+        EXCEPTION WHEN lock_not_available THEN
+            -- The picked rows were locked: a row their delete needs was not.
+            PERFORM set_config('search_path', path, true);
+            EXECUTE format(
+                'SELECT array_agg(ctid), max(k) FROM ('
+                '    SELECT ctid, %3$I AS k FROM %1$s WHERE %3$I < $1 AND %3$I >= $2 AND %2$s'
+                '     ORDER BY %3$I LIMIT %4$s FOR UPDATE SKIP LOCKED'
+                ') AS p',
+                r.target::regclass, rule, col, j.batch_size)
+            INTO held, last_key USING r.cutoff, r.keyset_from;
+            PERFORM pg_catalog.set_config('search_path', pinned, true);
+        END;
+    END IF;
+
+    -- A lock on a row these rows' deletes need: see the comment above.
+    IF held IS NOT NULL THEN
+        PERFORM set_config('lock_timeout', '50ms', true);
+        WHILE i <= cardinality(held) AND waits < 20 LOOP
+            chunk := held[i:i + 99];
+            BEGIN
+                IF counting THEN
+                    seen := ARRAY(SELECT pg_stat_get_xact_tuples_deleted(u.t)
+                                    FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+                END IF;
+                PERFORM set_config('search_path', path, true);
+                EXECUTE format('DELETE FROM %1$s WHERE ctid = ANY($2) AND %2$s', r.target::regclass, rule)
+                USING r.cutoff, chunk;
+                GET DIAGNOSTICS got = ROW_COUNT;
+                PERFORM pg_catalog.set_config('search_path', pinned, true);
+                IF counting THEN
+                    moved := ARRAY(SELECT moved[u.n] + pg_stat_get_xact_tuples_deleted(u.t) - seen[u.n]
+                                     FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+                END IF;
+                deleted := deleted + got;
+            EXCEPTION WHEN lock_not_available THEN
+                waits := waits + 1;
+                FOREACH one IN ARRAY chunk LOOP
+                    EXIT WHEN waits >= 20;
+                    BEGIN
+                        IF counting THEN
+                            seen := ARRAY(SELECT pg_stat_get_xact_tuples_deleted(u.t)
+                                            FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+                        END IF;
+                        PERFORM set_config('search_path', path, true);
+                        EXECUTE format('DELETE FROM %1$s WHERE ctid = $2 AND %2$s', r.target::regclass, rule)
+                        USING r.cutoff, one;
+                        GET DIAGNOSTICS got = ROW_COUNT;
+                        PERFORM pg_catalog.set_config('search_path', pinned, true);
+                        IF counting THEN
+                            moved := ARRAY(SELECT moved[u.n] + pg_stat_get_xact_tuples_deleted(u.t) - seen[u.n]
+                                             FROM unnest(r.cascade_tables) WITH ORDINALITY AS u(t, n) ORDER BY u.n);
+                        END IF;
+                        deleted := deleted + got;
+                    EXCEPTION WHEN lock_not_available THEN
+                        waits := waits + 1;  -- left to a later run
+                    END;
+                END LOOP;
+            END;
+            i := i + 100;
+        END LOOP;
+        PERFORM set_config('lock_timeout', '200ms', true);
+        skipped := cardinality(held) - deleted;
+    END IF;
+
+    IF r.strategy = 'sweep' THEN
+        IF met_lock THEN
+            -- What this batch's pages still hold of the rule's rows: the rows
+            -- held by the application, and those whose delete timed out.
+            PERFORM set_config('search_path', path, true);
+            EXECUTE format('SELECT count(*) FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s',
+                           r.target::regclass, rule)
+               INTO skipped USING r.cutoff, lo, hi;
+            PERFORM pg_catalog.set_config('search_path', pinned, true);
+        END IF;
         -- The next batch: the pages that would hold batch_size expired rows at
         -- this batch's density (at most twice or a quarter of these), within
         -- pages_max; half of these after a batch slower than 250 ms.
@@ -472,38 +738,43 @@ BEGIN
                    ELSE round(pages_per_batch * least(2, greatest(0.25, j.batch_size::float8 / greatest(deleted, 1))))
                END), pages_max)
          WHERE id = run_id;
-        RETURN deleted;
+    ELSE
+        IF last_key IS NULL THEN
+            -- Nothing left to pick in this column: the next one, or the next relation.
+            IF r.keyset_column < cardinality(j.expires) THEN
+                UPDATE @schema@.run SET keyset_column = keyset_column + 1, keyset_from = '-infinity'
+                 WHERE id = run_id;
+                RETURN 0;
+            END IF;
+            RETURN CASE WHEN @schema@.next_target(run_id, r.target) THEN 0 END;
+        END IF;
+        UPDATE @schema@.run
+           SET rows_deleted = rows_deleted + deleted,
+               -- Past rows just skipped, strictly: picked again, they would be
+               -- waited for again (rows sharing that last value that the batch
+               -- did not reach wait for a later run too).
+               keyset_from = CASE WHEN skipped > 0 THEN last_key + interval '1 microsecond' ELSE last_key END,
+               largest_batch = greatest(largest_batch, deleted)
+         WHERE id = run_id;
     END IF;
 
-    -- Index-driven, one expiry column c at a time: the next batch_size rows
-    -- in c's order from where the previous batch stopped (keyset), so that no
-    -- batch walks again over the index entries of rows already deleted. Rows
-    -- the application holds are skipped (SKIP LOCKED) and left to a later
-    -- run; the rule is checked again on the rows actually deleted. A row that
-    -- expired through another column is found in that column's turn.
-    col := j.expires[r.keyset_column];
-    EXECUTE format(
-        'WITH picked AS MATERIALIZED ('
-        '    SELECT ctid, %3$I AS k FROM %1$s WHERE %3$I < $1 AND %3$I >= $2 AND %2$s'
-        '     ORDER BY %3$I LIMIT %4$s FOR UPDATE SKIP LOCKED'
-        '), gone AS ('
-        '    DELETE FROM %1$s WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked)) AND %2$s RETURNING 1'
-        ') SELECT (SELECT count(*) FROM gone), (SELECT max(k) FROM picked)',
-        r.target::regclass, rule, col, j.batch_size)
-    INTO deleted, last_key USING r.cutoff, r.keyset_from;
-    IF deleted = 0 THEN
-        -- This column is done: the next one, or the next relation.
-        IF r.keyset_column < cardinality(j.expires) THEN
-            UPDATE @schema@.run SET keyset_column = keyset_column + 1, keyset_from = '-infinity'
-             WHERE id = run_id;
-            RETURN 0;
-        END IF;
-        RETURN CASE WHEN @schema@.next_target(run_id, r.target) THEN 0 END;
+    IF counting OR skipped > 0 THEN
+        UPDATE @schema@.run
+           SET rows_skipped = rows_skipped + skipped,
+               cascaded_rows = CASE WHEN counting THEN (
+                   SELECT jsonb_object_agg(x.name, x.total)
+                     FROM (SELECT e.name, sum(e.n) AS total
+                             FROM (SELECT k.key, k.value::bigint
+                                     FROM jsonb_each_text(coalesce(cascaded_rows, '{}')) AS k
+                                   UNION ALL
+                                   SELECT format('%I.%I', ns.nspname, c.relname), m.n
+                                     FROM unnest(r.cascade_tables, moved) AS m(t, n)
+                                     JOIN pg_class c ON c.oid = m.t
+                                     JOIN pg_namespace ns ON ns.oid = c.relnamespace) AS e(name, n)
+                            GROUP BY e.name) AS x)
+                   ELSE cascaded_rows END
+         WHERE id = run_id;
     END IF;
-    UPDATE @schema@.run
-       SET rows_deleted = rows_deleted + deleted, keyset_from = last_key,
-           largest_batch = greatest(largest_batch, deleted)
-     WHERE id = run_id;
     RETURN deleted;
 END
 $$;
