@@ -221,11 +221,11 @@ WITH RECURSIVE chain(relid) AS (
     SELECT c.conrelid FROM chain JOIN pg_constraint c ON c.confrelid = chain.relid
      WHERE c.contype = 'f' AND c.confdeltype = 'c' AND c.conparentid = 0
 )
-SELECT format('%%I.%%I', n.nspname, t.relname), c.conname::text, t.relkind = 'p',
+SELECT n.nspname::text, t.relname::text, c.conname::text, t.relkind = 'p',
        ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, i)
                JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
               ORDER BY k.i),
-       format('%%I.%%I', rn.nspname, r.relname),
+       rn.nspname::text, r.relname::text,
        EXISTS (SELECT FROM pg_index i
                  JOIN pg_class ic ON ic.oid = i.indexrelid
                  JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
@@ -239,7 +239,7 @@ SELECT format('%%I.%%I', n.nspname, t.relname), c.conname::text, t.relkind = 'p'
   JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
   JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
  WHERE c.contype = 'f' AND c.conparentid = 0
- ORDER BY 1, 2
+ ORDER BY 1, 2, 3
 """
 
 
@@ -251,17 +251,20 @@ def _foreign_key_checks(conn: psycopg.Connection[Any], jobs: list[catalog.Resolv
         if not keys:
             continue
         name = f"foreign keys to {job.name}"
-        missing = [k[:5] for k in keys if not k[5]]
-        if not missing:
+        if all(key[-1] for key in keys):
             plural = "" if len(keys) == 1 else "s"
             detail = f"{len(keys)} foreign key{plural} to {job.qualified_table} or its cascades, each indexed"
             checks.append(Check(name, "pass", detail))
             continue
         details, fixes = [], []
-        for table, key, partitioned, columns, parent in missing:
-            quoted = ", ".join(sql.Identifier(column).as_string(None) for column in columns)
-            details.append(f"{table} ({', '.join(columns)}) of key {key} to {parent}")
-            fixes.append(_create_index(table, [quoted], partitioned=partitioned))
+        for schema, table, key, partitioned, columns, ref_schema, ref_table, indexed in keys:
+            if indexed:
+                continue
+            quoted = sql.Identifier(schema, table).as_string(None)
+            referenced = sql.Identifier(ref_schema, ref_table).as_string(None)
+            details.append(f"{quoted} ({', '.join(columns)}) of key {key} to {referenced}")
+            listed = ", ".join(sql.Identifier(column).as_string(None) for column in columns)
+            fixes.append(_create_index(quoted, [listed], partitioned=partitioned))
         detail = (
             f"no index leads with {'; '.join(details)}: each row deleted there scans the referencing table"
         )
