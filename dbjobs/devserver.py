@@ -96,6 +96,8 @@ class ThrowawayServer:
     # False: fsync, synchronous_commit and full_page_writes off, for speed. True:
     # left at their defaults (on), as on a production server (benchmarks).
     durable: bool = False
+    # More postgresql.conf lines, values as written there: {"cron.timezone": "'Asia/Kolkata'"}.
+    settings: dict[str, str] = field(default_factory=dict)
     bindir: Path = field(default_factory=find_bindir)
     port: int = field(default_factory=_free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dbjobs-pg-")))
@@ -171,6 +173,7 @@ class ThrowawayServer:
                 # pg_cron connects over TCP to run a job; 'localhost' could resolve to ::1.
                 "cron.host": "'127.0.0.1'",
             }
+        settings |= self.settings
         with open(self.datadir / "postgresql.conf", "a") as conf:
             conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
 
