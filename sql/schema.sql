@@ -505,8 +505,9 @@ $$;
 -- are bounded: lock_timeout 50 ms each, past the two 200 ms waits that
 -- showed something is held for longer than a moment, and 20 of them at most
 -- per batch, after which the batch's remaining rows are left too: such a
--- batch takes at most about 1.4 s more. A batch that meets no lock runs the
--- single statement it always did.
+-- batch takes at most about 1.4 s more (and fails the run if it could delete
+-- none of its rows). A batch that meets no lock runs the single statement it
+-- always did.
 --
 -- Deferred constraints (DEFERRABLE INITIALLY DEFERRED foreign keys, as Django
 -- declares them, deferred constraint triggers) are checked at the end of each
@@ -715,6 +716,17 @@ BEGIN
         END LOOP;
         PERFORM set_config('lock_timeout', '200ms', true);
         skipped := cardinality(held) - deleted;
+        -- Nothing at all could be deleted before the waits ran out: not a few
+        -- rows the application holds for a while but something in the way of
+        -- every row (a lock on a whole table the delete cascades to, say). A
+        -- run that went on would "succeed" skipping everything: fail it.
+        IF deleted = 0 AND waits >= 20 THEN
+            RAISE EXCEPTION 'could not delete any of a batch''s % rows: each waited for a lock held by another session',
+                            cardinality(held)
+                USING ERRCODE = 'lock_not_available',
+                      DETAIL = 'On a row or table that deleting them cascades to or that a trigger touches.',
+                      HINT = 'pg_locks shows who holds it; the next run tries again.';
+        END IF;
     END IF;
 
     IF r.strategy = 'sweep' THEN

@@ -184,3 +184,27 @@ def test_prisma_cascade_names_are_quoted(app_separate: AppDb, dbjobs_cli, write_
     result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "unverified_users")
     assert "unverified_users: deleted 5 rows" in result.out, result
     assert app.execute("SELECT cascaded_rows FROM dbjobs.run") == [({'public."Session"': 15},)]
+
+
+def test_a_lock_on_a_whole_cascaded_table_fails_the_run_within_bounds(
+    app_separate: AppDb, dbjobs_cli, write_config
+) -> None:
+    """Nothing of a batch can be deleted: the run fails saying why (it would otherwise "succeed",
+    skipping every row), after a bounded wait."""
+    app = app_separate
+    expired = gotrue(app, "sweep")
+    config = write_config(SESSIONS_JOB)
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
+    with psycopg.connect(app.dsn) as holder:
+        holder.execute("LOCK TABLE auth.refresh_tokens IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "sessions")
+        took = time.monotonic() - started
+    assert result.code == 1
+    assert result.out.startswith("sessions: failed after deleting 0 rows: could not delete any of a batch's")
+    assert result.out.rstrip().endswith(
+        "rows: each waited for a lock held by another session (On a row or table that deleting them "
+        "cascades to or that a trigger touches.) hint: pg_locks shows who holds it; the next run tries again."
+    )
+    assert took < 3, took  # 2 x 200 ms, then 20 x 50 ms
+    assert app.count("auth.sessions", EXPIRED_SESSIONS) == expired
