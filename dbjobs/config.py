@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import schedule
 from .errors import ConfigError
@@ -299,8 +298,8 @@ def _check_schema_name(source: str, schema: str) -> None:
 
 def _check_timezone(source: str, zone: str) -> None:
     try:
-        ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
+        schedule.zone(zone)
+    except schedule.ScheduleError:
         raise ConfigError(
             f"{source}: cron_timezone: {zone!r} is not a time zone name (e.g. 'UTC', 'Europe/Berlin')"
         ) from None

@@ -521,8 +521,14 @@ def _timezone(library: tuple[int, int], config: Config, settings: dict[str, str]
     """
     if library < (1, 5):
         return "UTC", f"pg_cron {_text(library)} runs schedules in UTC"
-    if "cron.timezone" in settings:
-        return settings["cron.timezone"], "cron.timezone"
+    setting = settings.get("cron.timezone")
+    unreadable = "cron.timezone cannot be read by this role"
+    if setting is not None:
+        try:
+            schedule.zone(setting)
+            return setting, "cron.timezone"
+        except schedule.ScheduleError:  # a POSIX zone string, which zoneinfo cannot compute with
+            unreadable = f"cron.timezone {setting!r} is not a zone name dbjobs can compute with"
     if config.cron_timezone:
-        return config.cron_timezone, "cron_timezone in the configuration (cron.timezone cannot be read)"
-    return "GMT", "pg_cron's default (cron.timezone cannot be read by this role: set cron_timezone)"
+        return config.cron_timezone, f"cron_timezone in the configuration ({unreadable})"
+    return "GMT", f"pg_cron's default ({unreadable}: set cron_timezone)"

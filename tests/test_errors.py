@@ -159,7 +159,12 @@ def test_status_gives_up_on_a_server_that_stalls_after_connecting(app_separate: 
             if client_side and data[:1].isalpha():  # a Query or Parse message: stall from here on
                 stop.wait()
                 return
-            dst.sendall(data)
+            try:
+                dst.sendall(data)
+            except OSError:  # closed at the end of the test
+                return
+
+    opened: list[socket.socket] = []
 
     def serve() -> None:
         while not stop.is_set():
@@ -168,6 +173,7 @@ def test_status_gives_up_on_a_server_that_stalls_after_connecting(app_separate: 
             except OSError:
                 return
             upstream = socket.create_connection((host, port))
+            opened.extend((client, upstream))
             for src, dst, side in ((client, upstream, True), (upstream, client, False)):
                 threading.Thread(target=pipe, args=(src, dst, side), daemon=True).start()
 
@@ -182,6 +188,8 @@ def test_status_gives_up_on_a_server_that_stalls_after_connecting(app_separate: 
     finally:
         stop.set()
         listener.close()
+        for sock in opened:  # closed here, not by the garbage collector in a later test
+            sock.close()
     assert result.returncode == 3
     assert result.stdout.strip().endswith("dbjobs_up 0.0")
     assert "no answer from 127.0.0.1" in result.stderr and "within 2 s" in result.stderr

@@ -26,6 +26,7 @@ def test_functions_pin_search_path_and_are_not_public(app: AppDb, dbjobs_cli) ->
         "dbjobs.expired_rule",
         "dbjobs.finish_run",
         "dbjobs.next_target",
+        "dbjobs.one_line_error",
         "dbjobs.partition_expired",
         "dbjobs.remove_partition",
         "dbjobs.removable_partitions",
