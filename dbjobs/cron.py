@@ -67,7 +67,8 @@ class CronSite:
 
     @property
     def version_text(self) -> str:
-        return ".".join(map(str, self.version))
+        """pg_cron's version as dbjobs writes it everywhere (see ``version_label``)."""
+        return version_label(self.library_version, self.version)
 
     @property
     def library_version(self) -> tuple[int, int]:
@@ -286,6 +287,15 @@ def find_cron_database(conn: psycopg.Connection[Any]) -> tuple[str, str]:
     if setting:
         return setting, "cron.database_name"
     return "postgres", "the default"
+
+
+def version_label(library: tuple[int, ...], ext_version: tuple[int, ...]) -> str:
+    """ "1.6": the library's major.minor, which decides what pg_cron does; "1.6 (extension 1.5)"
+    when the extension's SQL lags behind it (ALTER EXTENSION pg_cron UPDATE brings it level)."""
+    text = ".".join(map(str, library[:2]))
+    if tuple(ext_version[:2]) < tuple(library[:2]):
+        text += f" (extension {'.'.join(map(str, ext_version[:2]))})"
+    return text
 
 
 def library_version(conn: psycopg.Connection[Any], ext_version: tuple[int, ...] = ()) -> tuple[int, int]:

@@ -254,10 +254,18 @@ class ThrowawayServer:
                 time.sleep(0.1)
 
     def version(self) -> str:
+        """``PostgreSQL 15.20 ..., pg_cron 1.4``: pg_cron's version as dbjobs writes it everywhere."""
+        from .cron import _version, library_version, version_label
+
         with psycopg.connect(self.dsn(self.cron_database)) as conn:
             server = conn.execute("SHOW server_version").fetchone()
             ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
-        return f"PostgreSQL {server[0] if server else '?'}, pg_cron {ext[0] if ext else 'not created'}"
+            cron = (
+                version_label(library_version(conn, _version(ext[0])), _version(ext[0]))
+                if ext
+                else "not created"
+            )
+        return f"PostgreSQL {server[0] if server else '?'}, pg_cron {cron}"
 
     def stop_command(self) -> str:
         """A shell command that stops this server and removes its directory, for a server left running."""

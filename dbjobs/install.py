@@ -145,7 +145,7 @@ def _check_schedules(jobs: list[ResolvedJob], site: cron.CronSite) -> None:
             wanted = ".".join(map(str, version))
             raise ConfigError(
                 f"job {job.name!r}: schedule: {job.job.schedule!r} needs pg_cron {wanted} or later "
-                f"(this server has {site.library_version_text}): {feature} arrived in {wanted}"
+                f"(this server has {site.version_text}): {feature} arrived in {wanted}"
             )
 
 

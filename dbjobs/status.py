@@ -453,7 +453,8 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
     standby, seen, may_see, now, grace_interval, may_read_settings, settings, started = row
     settings = settings or {}
     library = _library_version(site, started)
-    timezone, source = _timezone(library, config, settings)
+    label = cron.version_label(library, site.version)
+    timezone, source = _timezone(library, label, config, settings)
     paused = None if not may_read_settings else settings.get("cron.launch_active_jobs") == "off"
     if standby:
         return (
@@ -489,7 +490,7 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
         scheduler = Scheduler(
             False,
             "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
-            f"then restart PostgreSQL (pg_cron {_text(library)} does not restart a launcher "
+            f"then restart PostgreSQL (pg_cron {label} does not restart a launcher "
             "that was terminated)",
             timezone, source, paused,
         )  # fmt: skip
@@ -509,18 +510,16 @@ def _library_version(site: cron.CronSite, started: datetime) -> tuple[int, int]:
     return _LIBRARY_VERSIONS[key]
 
 
-def _text(version: tuple[int, ...]) -> str:
-    return ".".join(map(str, version))
-
-
-def _timezone(library: tuple[int, int], config: Config, settings: dict[str, str]) -> tuple[str, str]:
+def _timezone(
+    library: tuple[int, int], label: str, config: Config, settings: dict[str, str]
+) -> tuple[str, str]:
     """The zone pg_cron fires schedules in, and where that came from.
 
     pg_cron 1.5+ reads cron.timezone (default GMT), which only superusers and
     pg_read_all_settings may read; before 1.5 it runs in UTC.
     """
     if library < (1, 5):
-        return "UTC", f"pg_cron {_text(library)} runs schedules in UTC"
+        return "UTC", f"pg_cron {label} runs schedules in UTC"
     setting = settings.get("cron.timezone")
     unreadable = "cron.timezone cannot be read by this role"
     if setting is not None:
