@@ -1,4 +1,4 @@
-"""Load the configuration (SPEC section 3) into frozen dataclasses.
+"""Load the configuration (README: "Configuration") into frozen dataclasses.
 
 Sources, highest first: explicit overrides (the CLI's flags), the environment,
 the config file (``--config``, ``./dbjobs.toml`` or ``[tool.dbjobs]`` in

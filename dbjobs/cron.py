@@ -3,7 +3,7 @@
 pg_cron's scheduler runs in one database per server (``cron.database_name``).
 When that is the application's database, jobs are made with ``cron.schedule``;
 otherwise dbjobs connects to the pg_cron database and makes them with
-``cron.schedule_in_database`` for the application's database (SPEC section 6).
+``cron.schedule_in_database`` for the application's database.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One exception hierarchy. Each class's docstring is its default message;
-``exit_code`` is what the CLI exits with (SPEC section 4)."""
+``exit_code`` is what the CLI exits with (README: "Use it")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Read dbjobs' history and pg_cron's tables into a Report of each job's state (SPEC section 5)."""
+"""Read dbjobs' history and pg_cron's tables into a Report of each job's state (README: "Status")."""
 
 from __future__ import annotations
 
