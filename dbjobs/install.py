@@ -222,8 +222,8 @@ def _plan_jobs(
                     "create",
                     "job",
                     job.name,
-                    f"delete from {job.qualified_table} where {' or '.join(job.job.expires)} is older than "
-                    f"{job.job.retain}, schedule '{job.job.schedule}'{state}",
+                    f"delete from {job.qualified_table} {_rule_text(job)}, "
+                    f"schedule '{job.job.schedule}'{state}",
                 )
             )
             continue
@@ -244,6 +244,14 @@ def _plan_jobs(
         registered = cron_jobs.get(name)
         detail = f"pg_cron job {registered.jobid} ({registered.jobname})" if registered else "not in pg_cron"
         plan.changes.append(Change("remove", "job", name, detail))
+
+
+def _rule_text(job: ResolvedJob) -> str:
+    """The whole rule, as a person reads it: which rows the job deletes."""
+    text = f"where {' or '.join(job.job.expires)} is older than {job.job.retain}"
+    if job.job.where:
+        text += f" and ({' '.join(job.job.where.split())})"
+    return text
 
 
 def _plan_maintenance(

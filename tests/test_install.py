@@ -179,6 +179,11 @@ def test_quoted_schema_qualified_identifiers_and_where(app: AppDb, dbjobs_cli, w
     )
     installed = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
     assert installed.code == 0, installed.err
+    # The plan line says the whole rule, the predicate included.
+    assert (
+        'create job audit: delete from "My App"."Audit Log" where Created At or Kept Until is older than '
+        "2 days and (revoked -- only revoked entries), schedule '@hourly'"
+    ) in installed.out
     assert app.cron_jobs()[0][3] == "CALL \"dbjobs alt's\".run_job('audit')"
     ran = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "audit")
     assert ran.code == 0, ran.err
