@@ -144,6 +144,14 @@ def as_prometheus(report: Report | None) -> str:
     last_run = gauge("dbjobs_job_last_run_timestamp_seconds", "Start of the last finished run", per_job)
     duration = gauge("dbjobs_job_last_duration_seconds", "Duration of the last finished run", per_job)
     rows = gauge("dbjobs_job_last_rows_deleted", "Rows deleted by the last finished run", per_job)
+    skipped = gauge(
+        "dbjobs_job_last_rows_skipped", "Rows the last finished run left for later (locked)", per_job
+    )
+    cascaded = gauge(
+        "dbjobs_job_last_cascaded_rows",
+        "Rows the last finished run deleted by ON DELETE CASCADE, per child table",
+        ("job", "table"),
+    )
     stale = gauge("dbjobs_job_stale", "1 when no successful run happened since one was due", per_job)
     failing = gauge("dbjobs_job_failing", "1 when the last run failed", per_job)
     missing = gauge("dbjobs_job_missing", "1 when the job is installed but not in pg_cron", per_job)
@@ -157,6 +165,10 @@ def as_prometheus(report: Report | None) -> str:
             duration.labels(job.name).set(round(job.last_duration_ms / 1000, 4))
         if job.last_rows_deleted is not None:
             rows.labels(job.name).set(job.last_rows_deleted)
+        if job.last_rows_skipped is not None:
+            skipped.labels(job.name).set(job.last_rows_skipped)
+        for table, count in (job.cascaded_rows or {}).items():
+            cascaded.labels(job.name, table).set(count)
         stale.labels(job.name).set(int(job.state == "stale"))
         failing.labels(job.name).set(int(job.state == "failing"))
         missing.labels(job.name).set(int(job.state == "missing"))

@@ -28,6 +28,8 @@ class RunResult:
     partitions_removed: int = 0
     partition_rows: int = 0  # the rows they held, as the statistics estimate them
     partitions_mode: str = "drop"  # how they were removed: drop | detach
+    rows_skipped: int = 0  # left for a later run: a lock on them (or on a row their delete cascades to)
+    cascaded_rows: dict[str, int] | None = None  # rows deleted by ON DELETE CASCADE, per child table
 
     @property
     def ok(self) -> bool:
@@ -44,10 +46,20 @@ class RunResult:
                     f" and {done} {self.partitions_removed} partition{plural}"
                     f" (about {self.partition_rows} rows)"
                 )
-            return line
+            return line + self._extras()
         if self.status == "skipped":
             return f"{self.job}: skipped: {self.error}"
-        return f"{self.job}: failed after deleting {self.rows_deleted} rows: {self.error}"
+        return f"{self.job}: failed after deleting {self.rows_deleted} rows: {self.error}" + self._extras()
+
+    def _extras(self) -> str:
+        """What else the run did: rows it left to a later run, rows that went by cascade."""
+        notes = []
+        if self.rows_skipped:
+            notes.append(f"{self.rows_skipped} skipped: locked, left for a later run")
+        if self.cascaded_rows:
+            cascaded = ", ".join(f"{table} {n}" for table, n in sorted(self.cascaded_rows.items()))
+            notes.append(f"cascaded: {cascaded}")
+        return f" ({'; '.join(notes)})" if notes else ""
 
 
 def installed_jobs(conn: psycopg.Connection[Any], config: Config) -> list[str]:
@@ -107,7 +119,8 @@ def run(
             SELECT r.id, r.status, r.rows_deleted, r.started_at,
                    extract(epoch FROM r.finished_at - r.started_at) * 1000, r.error,
                    r.partitions_removed, r.partition_rows,
-                   (SELECT j.partitions FROM {} j WHERE j.name = r.job)
+                   (SELECT j.partitions FROM {} j WHERE j.name = r.job),
+                   r.rows_skipped, r.cascaded_rows
               FROM {} r WHERE r.job = %s AND r.id > %s
              ORDER BY r.id DESC LIMIT 1
             """
@@ -126,7 +139,7 @@ def run(
         conn.autocommit = saved
     if row is None:
         raise DbjobsError(f"job {job!r}: the run did not start: {one_line_error(str(failure))}") from failure
-    _, status, rows, started, duration, error, removed, partition_rows, mode = row
+    _, status, rows, started, duration, error, removed, partition_rows, mode, skipped, cascaded = row
     return RunResult(
         job,
         status,
@@ -137,6 +150,8 @@ def run(
         int(removed),
         int(partition_rows),
         mode or "drop",
+        int(skipped),
+        {table: int(n) for table, n in cascaded.items()} if cascaded else None,
     )
 
 

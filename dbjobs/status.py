@@ -47,6 +47,10 @@ class JobStatus:
     last_duration_ms: float | None = None
     next_run_at: datetime | None = None
     stale_at: datetime | None = None
+    # The last run's rows left for a later run (locked), and rows deleted by
+    # ON DELETE CASCADE per child table (counted as they went; None: none).
+    last_rows_skipped: int | None = None
+    cascaded_rows: dict[str, int] | None = None
 
 
 @dataclass
@@ -98,6 +102,8 @@ class LastRun:
     error: str | None = None
     rows_deleted: int | None = None
     trigger: str | None = None
+    rows_skipped: int | None = None
+    cascaded_rows: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +296,8 @@ def job_status(
         last_success_at=facts.last_success_at,
         last_error=error,
         last_rows_deleted=last.rows_deleted if last else None,
+        last_rows_skipped=last.rows_skipped if last else None,
+        cascaded_rows=last.cascaded_rows if last else None,
         last_duration_ms=duration,
         next_run_at=schedule.next_fire(schedule_, now, timezone) if scheduled else None,
         stale_at=stale_at if scheduled else None,
@@ -333,8 +341,12 @@ def _history(conn: psycopg.Connection[Any], schema: str, asked: list[str]) -> li
     jobs = []
     for row in rows:
         name, installed, enabled, installed_at, max_age, definition = row[:6]
-        started, finished, status_, error, rows_deleted, trigger, success_at = row[6:]
-        last = LastRun(started, finished, status_, error, rows_deleted, trigger) if status_ else None
+        started, finished, status_, error, rows_deleted, trigger, skipped, cascaded, success_at = row[6:]
+        last = (
+            LastRun(started, finished, status_, error, rows_deleted, trigger, skipped, cascaded)
+            if status_
+            else None
+        )
         jobs.append(
             InstalledJob(name, installed, enabled, installed_at, max_age, definition or {}, last, success_at)
         )

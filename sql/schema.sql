@@ -906,7 +906,8 @@ $$;
 CREATE OR REPLACE FUNCTION @schema@.status_history(names text[])
 RETURNS TABLE (name text, installed boolean, enabled boolean, installed_at timestamptz,
                max_age interval, definition jsonb, started_at timestamptz, finished_at timestamptz, status text,
-               error text, rows_deleted bigint, run_trigger text, success_at timestamptz)
+               error text, rows_deleted bigint, run_trigger text, rows_skipped bigint, cascaded_rows jsonb,
+               success_at timestamptz)
 -- PL/pgSQL rather than SQL: its plan is cached for the session, where a SQL
 -- function with a SET clause would be planned again on every call.
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -921,11 +922,12 @@ BEGIN
                     (SELECT to_timestamp(m.value::float8) FROM @schema@.meta m WHERE m.key = 'installed_at')),
            j.max_age, to_jsonb(j) - 'name' - 'installed_at',
            last.started_at, last.finished_at, last.status, last.error, last.rows_deleted, last.trigger,
-           success.finished_at
+           last.rows_skipped, last.cascaded_rows, success.finished_at
       FROM (SELECT jj.name FROM @schema@.job jj UNION SELECT unnest(names)) AS n(name)
       LEFT JOIN @schema@.job j ON j.name = n.name
       LEFT JOIN LATERAL (
-            SELECT r.started_at, r.finished_at, r.status, r.error, r.rows_deleted, r.trigger
+            SELECT r.started_at, r.finished_at, r.status, r.error, r.rows_deleted, r.trigger,
+                   r.rows_skipped, r.cascaded_rows
               FROM @schema@.run r
              WHERE r.job = n.name AND r.status IN ('succeeded', 'failed')
              ORDER BY r.id DESC LIMIT 1) last ON true

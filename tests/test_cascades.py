@@ -7,6 +7,7 @@ GoTrue-like tables: auth.sessions cascades into auth.refresh_tokens and auth.mfa
 
 from __future__ import annotations
 
+import json
 import time
 
 import psycopg
@@ -53,6 +54,13 @@ def test_rows_deleted_by_cascade_are_counted_per_child_table(
         None,
     )
     assert app.count("auth.refresh_tokens") == 5 * app.count("auth.sessions")
+    cascaded = f"(cascaded: auth.mfa_amr_claims {2 * expired}, auth.refresh_tokens {5 * expired})"
+    assert result.out.rstrip().endswith(cascaded), result.out
+    # What status reports of it, from a directory without the configuration.
+    report = json.loads(dbjobs_cli("--dsn", app.dsn, "status", "--format", "json").out)
+    job = next(job for job in report["jobs"] if job["name"] == "sessions")
+    assert job["cascaded_rows"] == {"auth.mfa_amr_claims": 2 * expired, "auth.refresh_tokens": 5 * expired}
+    assert job["last_rows_skipped"] == 0
 
 
 @pytest.mark.parametrize("strategy", ["sweep", "index"])
@@ -75,6 +83,7 @@ def test_a_lock_on_a_cascaded_row_skips_only_its_parent(
         took = time.monotonic() - started
     assert result.code == 0, result
     assert f"sessions: deleted {expired - 1} rows" in result.out
+    assert "(1 skipped: locked, left for a later run; cascaded: " in result.out
     # Two 200 ms waits (the batch, then its SKIP LOCKED retry), then 50 ms ones, row by row.
     assert took < 5, took
     assert app.execute(f"SELECT id FROM auth.sessions WHERE {EXPIRED_SESSIONS}") == [(victim,)]
