@@ -116,10 +116,24 @@ def _collect(problems: list[str]) -> Iterator[None]:
 
 
 def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
+    """One job against the catalog; every problem found is raised together (ConfigError.problems)."""
     where = f"job {job.name!r}"
-    retain = interval(conn, where, "retain", job.retain)
-    max_age = interval(conn, where, "max_age", job.max_age) if job.max_age else None
+    problems: list[str] = []
+    retain = max_age = None
+    with _collect(problems):
+        retain = interval(conn, where, "retain", job.retain)
+    with _collect(problems):
+        max_age = interval(conn, where, "max_age", job.max_age) if job.max_age else None
+    with _collect(problems):
+        resolved = _resolve_table(conn, job, retain or job.retain, max_age)
+    if problems:
+        raise ConfigError(problems=problems)
+    return resolved
 
+
+def _resolve_table(conn: psycopg.Connection[Any], job: Job, retain: str, max_age: str | None) -> ResolvedJob:
+    """The job's table, columns, predicate and row-level security; each problem of its columns at once."""
+    where = f"job {job.name!r}"
     try:
         with conn.transaction():
             row = conn.execute(
@@ -160,17 +174,20 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
             [oid],
         ).fetchall()
     )
+    problems = []
     for column in job.expires:
         if column not in columns:
-            raise ConfigError(
+            problems.append(
                 f"{where}: expires: column {column!r} does not exist in {job.table!r}"
                 + _column_hint(column, list(columns))
             )
-        if columns[column] not in EXPIRY_TYPES:
-            raise ConfigError(
+        elif columns[column] not in EXPIRY_TYPES:
+            problems.append(
                 f"{where}: expires: column {column!r} is {columns[column]}, "
                 "not timestamp, timestamptz or date"
             )
+    if problems:  # the predicate's probe compares the first expiry column: checked once they are right
+        raise ConfigError(problems=problems)
 
     resolved = ResolvedJob(job, schema, table, retain, max_age, partitioned=relkind == "p", relid=oid)
     if job.where is not None:

@@ -347,7 +347,7 @@ where = "x > 0; DROP TABLE t"
 
 [jobs.c]
 table = "t"
-expires = ["expires_at"]
+expires = ["expires_at", "x", "nope"]
 retain = "-1 day"
 schedule = "0 * * * *"
 
@@ -372,7 +372,11 @@ batch_size = 0
     )
     Path(config).write_text(fixed)
     lines = dbjobs_cli("--dsn", app.dsn, "--config", config, "install").err.strip().splitlines()
+    # Every problem of one job too: its retention, and each of its columns.
     assert any("job 'c': retain" in line and "negative" in line for line in lines), lines
+    assert any("job 'c': expires: column 'x' is integer" in line for line in lines), lines
+    assert any("job 'c': expires: column 'nope' does not exist" in line for line in lines), lines
+    assert len(lines) == 5, lines
     assert any("job 'a': where" in line and "not a single expression" in line for line in lines), lines
     assert any("job 'b': table" in line and "does not exist" in line for line in lines), lines
     assert not any("syntax error" in line for line in lines)
