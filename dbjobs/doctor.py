@@ -11,9 +11,9 @@ from psycopg import sql
 
 from . import catalog, cron, sqlfiles
 from .config import Config
-from .errors import DbjobsError
+from .errors import ConfigError, DbjobsError, one_line_error
 from .install import MIN_SERVER_VERSION
-from .status import SEVERITY, status
+from .status import SEVERITY, read_scheduler, status
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,18 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
     preload, may_create = conn.execute(sqlfiles.query("install.sql", "preload")).fetchone() or (None, False)
     try:
         with cron.locate(conn, config, for_changes=False) as site:
-            checks += _pg_cron_checks(site, preload, config.enabled)
+            checks += _pg_cron_checks(site, preload, config)
+            checks += _cron_history_checks(site)
     except DbjobsError as exc:
         checks.append(Check("pg_cron", "fail", str(exc)))
         return checks
 
     try:
         jobs = catalog.validate(conn, config)
+    except ConfigError as exc:  # every problem, one check each
+        fix = "fix the configuration (see the README)"
+        checks += [Check("configuration", "fail", problem, fix) for problem in exc.problems]
+        return checks
     except DbjobsError as exc:
         checks.append(Check("configuration", "fail", str(exc), "fix the configuration (see the README)"))
         return checks
@@ -90,24 +95,41 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
     return checks
 
 
-def _pg_cron_checks(site: cron.CronSite, preload: str | None, enabled: bool) -> list[Check]:
-    version = site.version_text
+def _pg_cron_checks(site: cron.CronSite, preload: str | None, config: Config) -> list[Check]:
     where = "this database" if site.same_database else f"database {site.cron_database!r}"
-    checks = [Check("pg_cron", "pass", f"pg_cron {version} in {where} (cron.database_name)")]
+    checks = [Check("pg_cron", "pass", f"pg_cron {site.version_text} in {where} (found: {site.found_by})")]
+    if site.version[:2] < site.library_version:
+        checks[0] = Check(
+            "pg_cron",
+            "warn",
+            checks[0].detail,
+            f"the extension's SQL is older than the library: run ALTER EXTENSION pg_cron UPDATE in {where}",
+        )
     if preload is not None and "pg_cron" not in preload:
         fix = "add pg_cron to shared_preload_libraries and restart PostgreSQL"
         checks.append(Check("preloaded", "fail", f"shared_preload_libraries = {preload!r}", fix))
-    row = site.conn.execute(sqlfiles.query("status.sql", "scheduler"), {"grace": "0"}).fetchone()
-    standby, running, may_see = row[:3] if row else (False, False, False)
-    if standby:
-        checks.append(Check("scheduler", "pass", "hot standby: pg_cron's scheduler runs on the primary"))
-    elif running:
-        checks.append(Check("scheduler", "pass", "pg_cron scheduler is running"))
-    elif may_see:
-        fix = "restart PostgreSQL (pg_cron does not restart a terminated launcher); check its log"
-        checks.append(Check("scheduler", "fail", "pg_cron scheduler is not running", fix))
-    else:
+    scheduler, _, _ = read_scheduler(site, config)
+    if scheduler.running is False:
+        checks.append(Check("scheduler", "fail", scheduler.detail))
+    elif scheduler.paused:
+        checks.append(Check("scheduler", "warn", scheduler.detail))
+    elif scheduler.running is None and not scheduler.detail.startswith("hot standby"):
         checks.append(Check("scheduler", "warn", "cannot see it", "GRANT pg_read_all_stats to this role"))
+    else:
+        checks.append(Check("scheduler", "pass", scheduler.detail))
+    checks.append(
+        Check("time zone", "pass", f"schedules fire in {scheduler.timezone} ({scheduler.timezone_source})")
+    )
+    if scheduler.log_run is False:
+        checks.append(
+            Check(
+                "run logging",
+                "warn",
+                "cron.log_run = off: pg_cron records no runs, so a job it cannot start "
+                "(a connection refused, no free worker) fails where nobody sees it",
+                "set cron.log_run = on and restart PostgreSQL",
+            )
+        )
 
     role = site.conn.execute("SELECT current_user").fetchone()
     grant = cron.GRANT_HINT.format(role=role[0] if role else "<role>")
@@ -115,10 +137,75 @@ def _pg_cron_checks(site: cron.CronSite, preload: str | None, enabled: bool) -> 
         checks.append(Check("privileges", "fail", "no USAGE on schema cron", grant))
     elif not site.same_database and not site.may_execute(cron.SCHEDULE_IN_DATABASE, cron.ALTER_JOB):
         checks.append(Check("privileges", "fail", "may not schedule jobs in another database", grant))
-    elif not enabled and not site.may_execute(cron.ALTER_JOB):
+    elif not config.enabled and not site.may_execute(cron.ALTER_JOB):
         checks.append(Check("privileges", "fail", "enabled = false needs cron.alter_job, not granted", grant))
     else:
         checks.append(Check("privileges", "pass", "may schedule and change dbjobs' jobs"))
+    return checks
+
+
+# pg_cron's own failures (recorded in cron.job_run_details, never in dbjobs'
+# history) and what fixes each: (a fragment of pg_cron's message, the fix).
+CRON_FAILURES = (
+    (
+        "job startup timeout",
+        "pg_cron could not start the job in time: raise cron.max_running_jobs (and max_connections), "
+        "or spread the jobs' schedules",
+    ),
+    (
+        "could not start background",
+        "no free background worker: raise max_worker_processes above cron.max_running_jobs plus "
+        "the server's other workers (restart), or set cron.use_background_workers = off",
+    ),
+    (
+        "connection failed",
+        "pg_cron connects to cron.host as the job's role for each run: set "
+        "cron.use_background_workers = on, or let that role in (a .pgpass for the server's OS user, "
+        "or a pg_hba.conf rule from cron.host)",
+    ),
+    (
+        "fe_sendauth",
+        "the same: pg_cron's connection needs a password (.pgpass, pg_hba.conf), or use background workers",
+    ),
+    (
+        "password authentication failed",
+        "pg_cron's connection is refused: a .pgpass or pg_hba.conf rule for the job's role",
+    ),
+    (
+        "no pg_hba.conf entry",
+        "add a pg_hba.conf rule for the job's role from cron.host, or use background workers",
+    ),
+)
+
+
+def _cron_history_checks(site: cron.CronSite) -> list[Check]:
+    """What pg_cron's history and job list say of dbjobs' jobs that dbjobs' own history cannot."""
+    if not site.usage:
+        return []
+    names = [site.job_name(name) for name in site.jobs()]
+    rows = site.conn.execute(sqlfiles.query("status.sql", "cron_failures"), {"jobnames": names}).fetchall()
+    checks = []
+    for message, count, last in rows:
+        fix = next((fix for fragment, fix in CRON_FAILURES if fragment in (message or "")), None)
+        if fix is None:
+            continue  # a failure of the cleanup itself: `dbjobs status` shows it per job
+        when = last.strftime("%Y-%m-%d %H:%M") if last else "time unknown"
+        detail = (
+            f"{count} recent run(s) failed before the cleanup ran (last {when}): {one_line_error(message)}"
+        )
+        checks.append(Check("pg_cron runs", "fail", detail, fix))
+    orphans = site.conn.execute(sqlfiles.query("status.sql", "cron_orphans"), {"jobnames": names}).fetchall()
+    for jobid, jobname, username in orphans:
+        checks.append(
+            Check(
+                "pg_cron job owner",
+                "fail",
+                f"pg_cron job {jobid} ({jobname}) runs as role {username!r}, which no longer exists "
+                "(pg_cron 1.6 restarts its launcher over and over on such a job)",
+                f"a superuser runs SELECT cron.unschedule({jobid}); "
+                "then `dbjobs install` as an existing role",
+            )
+        )
     return checks
 
 

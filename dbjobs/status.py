@@ -60,6 +60,8 @@ class Scheduler:
     timezone: str = "UTC"  # the zone pg_cron fires schedules in
     timezone_source: str = "pg_cron 1.4 runs schedules in UTC"
     paused: bool | None = False  # cron.launch_active_jobs = off (pg_cron 1.6); None: cannot be read
+    # cron.log_run: off, pg_cron records no runs, so failures only it sees are invisible; None: unknown
+    log_run: bool | None = True
 
 
 @dataclass
@@ -163,7 +165,7 @@ def status(
         with cron.locate(conn, config, for_changes=False) as site:
             if not site.same_database:
                 _bound(site.conn)
-            scheduler, now, grace = _scheduler(site, config)
+            scheduler, now, grace = read_scheduler(site, config)
             names = [row.name for row in jobs_here] + [cron.MAINTENANCE_JOB]
             jobnames = {site.job_name(name): name for name in names}
             registered: dict[str, cron.CronJob] | None = {}
@@ -458,8 +460,11 @@ def _last_run(run_status: str, message: str | None, start: datetime | None, end:
     return LastRun(start or end, end, run_status, error, int(deleted[1]) if deleted else None)
 
 
-def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime, timedelta]:
-    """pg_cron's launcher, its settings, and the server's clock (the history's timestamps come from it)."""
+def read_scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime, timedelta]:
+    """pg_cron's launcher, its settings, and the server's clock (the history's timestamps come from it).
+
+    Also what doctor reports of the scheduler, so that both say the same.
+    """
     row = site.conn.execute(sqlfiles.query("status.sql", "scheduler"), {"grace": config.grace}).fetchone()
     assert row is not None
     standby, seen, may_see, now, grace_interval, may_read_settings, settings, started = row
@@ -468,45 +473,37 @@ def _scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, datetime
     label = cron.version_label(library, site.version)
     timezone, source = _timezone(library, label, config, settings)
     paused = None if not may_read_settings else settings.get("cron.launch_active_jobs") == "off"
+    log_run = None if not may_read_settings else settings.get("cron.log_run", "on") != "off"
+    running: bool | None
     if standby:
-        return (
-            Scheduler(None, "hot standby: pg_cron's scheduler runs on the primary", timezone, source, paused),
-            now,
-            grace_interval,
-        )
-    if seen:
-        detail = "pg_cron scheduler is running"
+        running, detail = None, "hot standby: pg_cron's scheduler runs on the primary"
+    elif seen:
+        running, detail = True, "pg_cron scheduler is running"
         if paused:
             detail = (
                 "pg_cron scheduler is paused: cron.launch_active_jobs = off, so no job starts; "
                 "set it to on and reload (SELECT pg_reload_conf())"
             )
-        scheduler = Scheduler(True, detail, timezone, source, paused)
     elif not may_see:
-        scheduler = Scheduler(
-            None,
-            "cannot see pg_cron's scheduler: GRANT pg_read_all_stats to this role",
-            timezone,
-            source,
-            paused,
-        )
+        running, detail = None, "cannot see pg_cron's scheduler: GRANT pg_read_all_stats to this role"
     elif library >= (1, 6):
-        scheduler = Scheduler(
+        running, detail = (
             False,
-            "pg_cron scheduler is not running: pg_cron 1.6.1+ restarts it within a second, so it keeps "
-            f"failing: read the server log, and check that database {site.cron_database!r} exists "
-            "and cron.database_name names it",
-            timezone, source, paused,
-        )  # fmt: skip
+            (
+                "pg_cron scheduler is not running: pg_cron 1.6.1+ restarts it within a second, so it keeps "
+                f"failing: read the server log, and check that database {site.cron_database!r} exists "
+                "and cron.database_name names it"
+            ),
+        )
     else:
-        scheduler = Scheduler(
+        running, detail = (
             False,
-            "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
-            f"then restart PostgreSQL (pg_cron {label} does not restart a launcher "
-            "that was terminated)",
-            timezone, source, paused,
-        )  # fmt: skip
-    return scheduler, now, grace_interval
+            (
+                "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
+                f"then restart PostgreSQL (pg_cron {label} does not restart a launcher that was terminated)"
+            ),
+        )
+    return Scheduler(running, detail, timezone, source, paused, log_run), now, grace_interval
 
 
 # The pg_cron library's (major, minor) per server start: it cannot change while

@@ -55,3 +55,24 @@ SELECT (SELECT ARRAY[n.nspname::text, c.relname::text]
   FROM unnest(%(tables)s::text[], %(retains)s::text[], %(max_ages)s::text[]) WITH ORDINALITY
        AS u(tbl, retain, max_age, i)
  ORDER BY u.i;
+
+-- name: cron_failures
+-- doctor: pg_cron's recent failures of dbjobs' jobs, by message, over the
+-- server's latest 2,000 runs (cron.job_run_details is indexed on runid only).
+SELECT d.return_message, count(*), max(coalesce(d.end_time, d.start_time))
+  FROM cron.job_run_details d
+  JOIN cron.job j ON j.jobid = d.jobid
+ WHERE d.runid > (SELECT last_value FROM cron.runid_seq) - 2000
+   AND d.status = 'failed'
+   AND j.jobname = ANY(%(jobnames)s::text[])
+ GROUP BY d.return_message
+ ORDER BY max(d.runid) DESC
+ LIMIT 20;
+
+-- name: cron_orphans
+-- doctor: dbjobs' pg_cron jobs whose role is gone (visible to a superuser:
+-- pg_cron's row-level security shows other roles only their own jobs).
+SELECT j.jobid, j.jobname, j.username
+  FROM cron.job j
+ WHERE j.jobname = ANY(%(jobnames)s::text[])
+   AND NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = j.username);

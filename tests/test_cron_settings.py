@@ -31,7 +31,10 @@ def kolkata(pg_cron_version: tuple[int, ...]) -> Iterator[ThrowawayServer]:
     """pg_cron in 'app' with cron.timezone = 'Asia/Kolkata', and an ordinary role owning the tables."""
     if source() != "local":
         pytest.skip("needs a server of the test's own (cron.timezone is set at server start)")
-    settings = {"cron.timezone": f"'{ZONE}'"} if pg_cron_version >= (1, 5) else {}
+    # cron.log_run = off too: pg_cron then records no runs (dbjobs' own history still does).
+    settings = {"cron.log_run": "off"}
+    if pg_cron_version >= (1, 5):
+        settings["cron.timezone"] = f"'{ZONE}'"
     with ThrowawayServer(cron_database="app", settings=settings) as pg:
         pg.create_pg_cron()
         pg.execute(f"CREATE ROLE {ROLE} LOGIN", dbname="app")
@@ -152,3 +155,16 @@ def test_a_paused_scheduler_warns(
         kolkata.execute("ALTER SYSTEM RESET cron.launch_active_jobs")
         kolkata.execute("SELECT pg_reload_conf()")
         dbjobs_cli("--dsn", owner, "--config", config, "uninstall")
+
+
+def test_doctor_says_what_the_settings_mean(kolkata: ThrowawayServer, dbjobs_cli, write_config) -> None:
+    config = write_config(JOB.format(schedule="0 * * * *").replace('"sessions"', f'"{ROLE}.sessions"'))
+    result = dbjobs_cli("--dsn", kolkata.dsn("app"), "--config", config, "doctor")
+    assert result.code == 1, result.out  # warnings only: dbjobs is not installed, run logging is off
+    assert "WARN  run logging: cron.log_run = off: pg_cron records no runs" in result.out
+    assert "fix: set cron.log_run = on and restart PostgreSQL" in result.out
+    zone = ZONE if "1.4" not in result.out.split("PASS  pg_cron: pg_cron ")[1][:4] else "UTC"
+    assert f"PASS  time zone: schedules fire in {zone}" in result.out
+    # A role that may not read the settings is not told they are fine: it is not told anything.
+    owner = dbjobs_cli("--dsn", kolkata.dsn("app", user=ROLE), "--config", config, "doctor")
+    assert "run logging" not in owner.out
