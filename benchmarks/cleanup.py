@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 
 import dbjobs
 from dbjobs.config import DEFAULT_BATCH_SIZE, parse_config
-from dbjobs.devserver import ThrowawayServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.devserver
+from tests.devserver import ThrowawayServer
 
 TABLE = """
 CREATE TABLE {t} (

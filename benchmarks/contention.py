@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +31,9 @@ import psycopg
 
 import dbjobs
 from dbjobs.config import parse_config
-from dbjobs.devserver import ThrowawayServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.devserver
+from tests.devserver import ThrowawayServer
 
 TABLE = """
 DROP TABLE IF EXISTS sessions;

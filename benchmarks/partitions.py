@@ -21,13 +21,17 @@ transaction, and the WAL it wrote.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import psycopg
 from cleanup import longest_transaction
 
 import dbjobs
 from dbjobs.config import parse_config
-from dbjobs.devserver import ThrowawayServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.devserver
+from tests.devserver import ThrowawayServer
 
 TABLE = """
 CREATE TABLE {t} (

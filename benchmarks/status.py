@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,9 @@ from pathlib import Path
 import psycopg
 
 import dbjobs
-from dbjobs.devserver import ThrowawayServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.devserver
+from tests.devserver import ThrowawayServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAIVE = """

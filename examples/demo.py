@@ -20,7 +20,8 @@ from pathlib import Path
 
 import psycopg
 
-from dbjobs.devserver import ThrowawayServer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.devserver
+from tests.devserver import ThrowawayServer
 
 HERE = Path(__file__).resolve().parent
 

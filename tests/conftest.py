@@ -16,8 +16,8 @@ from psycopg import sql
 
 from dbjobs import cli
 from dbjobs.cron import MAINTENANCE_JOB, cron_job_name
-from dbjobs.devserver import BINDIR_VARIABLE, ThrowawayServer, find_bindir
 from tests import servers
+from tests.devserver import BINDIR_VARIABLE, ThrowawayServer, find_bindir
 
 LAYOUTS = ("same", "separate")
 _counter = itertools.count()

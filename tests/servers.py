@@ -2,8 +2,8 @@
 
 In order of preference: ``DBJOBS_TEST_DSN`` (an existing, disposable server:
 superuser, connected to the database where pg_cron lives); the installed server
-binaries (two throwaway clusters, one per layout of SPEC section 6); a Docker
-engine through testcontainers.
+binaries (two throwaway clusters, one per layout: pg_cron in the application's
+database, and pg_cron in another); a Docker engine through testcontainers.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from dbjobs.devserver import ServerUnavailable, ThrowawayServer, find_bindir, pg_cron_control
+from tests.devserver import ServerUnavailable, ThrowawayServer, find_bindir, pg_cron_control
 
 
 @dataclass

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from dbjobs import cron
-from dbjobs.devserver import ThrowawayServer
 from tests.conftest import DEFAULT_TABLES, SAMPLE_ROWS
+from tests.devserver import ThrowawayServer
 from tests.servers import source
 
 ROLE = "app_owner"

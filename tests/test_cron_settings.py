@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from dbjobs.devserver import ThrowawayServer
+from tests.devserver import ThrowawayServer
 from tests.servers import source
 
 ROLE = "app_owner"

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from tests.conftest import DEFAULT_TABLES, AppDb
+from tests.devserver import free_port
 from tests.servers import Server, local_server, source
 
 
@@ -58,12 +59,6 @@ def test_cron_dsn_pointing_at_a_database_without_pg_cron(
     assert "dbjobs" not in app.schemas()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _dbjobs(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBJOBS_", "PG")) and k != "DATABASE_URL"}
     return subprocess.run(
@@ -73,7 +68,7 @@ def _dbjobs(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("command", [["install"], ["status"], ["run", "--all"], ["uninstall"]])
 def test_unreachable_server_exits_3_quickly_without_the_password(command: list[str]) -> None:
-    dsn = f"postgresql://app:sekrit-pw@127.0.0.1:{_closed_port()}/app"
+    dsn = f"postgresql://app:sekrit-pw@127.0.0.1:{free_port()}/app"
     started = time.monotonic()
     result = _dbjobs("--dsn", dsn, *command)
     assert time.monotonic() - started < 10
@@ -115,7 +110,7 @@ def test_invalid_dsn_is_one_line_without_the_password(dsn: str) -> None:
 
 
 def test_debug_shows_the_traceback() -> None:
-    result = _dbjobs("--debug", "--dsn", f"host=127.0.0.1 port={_closed_port()}", "install")
+    result = _dbjobs("--debug", "--dsn", f"host=127.0.0.1 port={free_port()}", "install")
     assert result.returncode == 1
     assert "Traceback" in result.stderr
 

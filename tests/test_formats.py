@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DEFAULT_TABLES, SAMPLE_ROWS, AppDb
+from tests.devserver import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,9 +57,7 @@ def test_prometheus(ran: AppDb, dbjobs_cli) -> None:
 
 
 def test_prometheus_when_the_database_is_unreachable(dbjobs_cli) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     result = dbjobs_cli("--dsn", f"host=127.0.0.1 port={port}", "status", "--format", "prometheus")
     assert result.code == 3
     assert metrics(result.out) == {("dbjobs_up", None): 0}
@@ -112,12 +110,6 @@ def test_no_color_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not use_colour(Terminal())  # type: ignore[arg-type]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str, dict]:
     try:
         with urllib.request.urlopen(url, timeout=15) as response:
@@ -128,9 +120,9 @@ def _get(url: str) -> tuple[int, str, dict]:
 
 @pytest.mark.parametrize("reachable", [True, False])
 def test_example_app_answers_ready_over_http(ran: AppDb, tmp_path: Path, reachable: bool) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBJOBS_", "PG"))}
-    env["DBJOBS_DSN"] = ran.dsn if reachable else f"host=127.0.0.1 port={_free_port()} dbname=x"
+    env["DBJOBS_DSN"] = ran.dsn if reachable else f"host=127.0.0.1 port={free_port()} dbname=x"
     with subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "ready_app.py"), "--port", str(port)],
         cwd=tmp_path,

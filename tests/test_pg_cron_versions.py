@@ -10,8 +10,8 @@ import pytest
 
 from dbjobs import cron
 from dbjobs.config import DEFAULT_JOBS, Config
-from dbjobs.devserver import ThrowawayServer
 from tests.conftest import AppDb
+from tests.devserver import ThrowawayServer
 from tests.servers import source
 
 ONE_JOB = """

@@ -8,8 +8,8 @@ import time
 import psycopg
 import pytest
 
-from dbjobs.devserver import ThrowawayServer
 from tests.conftest import DEFAULT_TABLES, SAMPLE_ROWS
+from tests.devserver import ThrowawayServer
 from tests.servers import local_standby, source
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import dbjobs
 import dbjobs.health
 from tests.conftest import AppDb
+from tests.devserver import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,9 +80,7 @@ def test_readiness_without_a_config(custom: AppDb, monkeypatch: pytest.MonkeyPat
 
 
 def test_the_example_app_without_a_config_answers_get_and_head(custom: AppDb, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DBJOBS_", "PG"))}
     env["DBJOBS_DSN"] = custom.dsn
     with subprocess.Popen(
@@ -218,15 +216,9 @@ def test_pg_cron_errors_are_shown_on_one_line(custom: AppDb, dbjobs_cli) -> None
 SECRET = "s3cr3t-pw"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("fmt", ["text", "json", "health", "prometheus"])
 def test_no_password_in_any_status_output(dbjobs_cli, fmt: str) -> None:
-    dsn = f"postgresql://app:{SECRET}@127.0.0.1:{_closed_port()}/app"
+    dsn = f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/app"
     result = dbjobs_cli("status", "--format", fmt, "--dsn", dsn)
     assert result.code == 3
     assert SECRET not in result.out + result.err
@@ -286,7 +278,7 @@ def test_readme_prometheus_recipe_publishes_on_every_exit_code(
     dbjobs_bin = Path(sys.executable).parent
     env["PATH"] = f"{dbjobs_bin}:{env['PATH']}"
     published = tmp_path / "dbjobs.prom"
-    for dsn, up in ((custom.dsn, 1.0), (f"host=127.0.0.1 port={_closed_port()} dbname=x", 0.0)):
+    for dsn, up in ((custom.dsn, 1.0), (f"host=127.0.0.1 port={free_port()} dbname=x", 0.0)):
         env["DBJOBS_DSN"] = dsn
         subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, timeout=60, check=False)
         values = {

@@ -1,4 +1,6 @@
-"""A throwaway PostgreSQL server with pg_cron, for the demo and the tests.
+"""A throwaway PostgreSQL server with pg_cron, for the tests, the benchmarks and the demo.
+
+Part of the checkout, not of the installed package (``tests.devserver``).
 
 It runs the installed server binaries (``/usr/lib/postgresql/<major>/bin``, or
 the directory ``DBJOBS_PG_BINDIR`` names) in a temporary directory, listening on
@@ -75,7 +77,8 @@ def pg_cron_control(bindir: Path) -> Path | None:
     return control if control.is_file() else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server to come, or to find closed)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -99,7 +102,7 @@ class ThrowawayServer:
     # More postgresql.conf lines, values as written there: {"cron.timezone": "'Asia/Kolkata'"}.
     settings: dict[str, str] = field(default_factory=dict)
     bindir: Path = field(default_factory=find_bindir)
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dbjobs-pg-")))
     _proc: subprocess.Popen[bytes] | None = None
 
@@ -255,7 +258,7 @@ class ThrowawayServer:
 
     def version(self) -> str:
         """``PostgreSQL 15.20 ..., pg_cron 1.4``: pg_cron's version as dbjobs writes it everywhere."""
-        from .cron import _version, library_version, version_label
+        from dbjobs.cron import _version, library_version, version_label
 
         with psycopg.connect(self.dsn(self.cron_database)) as conn:
             server = conn.execute("SHOW server_version").fetchone()
