@@ -12,7 +12,7 @@
 A revision calls the installer rather than running frozen SQL: the installer
 is idempotent and upgrades whatever version it finds, so old revisions keep
 working as dbjobs' SQL changes. Needs SQLAlchemy's psycopg (3) driver
-(``postgresql+psycopg://``).
+(``postgresql+psycopg://``), and the ``alembic`` extra: ``pip install 'dbjobs[alembic]'``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,16 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
-from alembic.util import CommandError
-from sqlalchemy import event
+
+try:
+    from alembic.util import CommandError
+    from sqlalchemy import event
+except ModuleNotFoundError as exc:  # an optional dependency: the CLI and the rest of dbjobs run without it
+    raise ModuleNotFoundError(
+        f"dbjobs.alembic needs Alembic and SQLAlchemy ({exc.name} is not installed): "
+        "pip install 'dbjobs[alembic]'",
+        name=exc.name,
+    ) from exc
 
 from .config import Config, load_config
 from .errors import DbjobsError, one_line_error
