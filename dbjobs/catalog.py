@@ -98,12 +98,31 @@ def validate(conn: psycopg.Connection[Any], config: Config) -> list[ResolvedJob]
                 f"{config.source}: history_retention: {config.history_retention!r} is too short: "
                 "keep at least 1 hour of history, or status has nothing to read"
             )
+    with _collect(problems):
+        batch_timeout_ms(conn, config)
     for job in config.jobs:
         with _collect(problems):
             resolved.append(_resolve(conn, job))
     if problems:
         raise ConfigError(problems=problems)
     return resolved
+
+
+# transaction_timeout is an int of milliseconds.
+MAX_TIMEOUT_MS = 2**31 - 1
+
+
+def batch_timeout_ms(conn: psycopg.Connection[Any], config: Config) -> int:
+    """batch_timeout in milliseconds, as transaction_timeout takes it (PostgreSQL 17+)."""
+    text = interval(conn, config.source, "batch_timeout", config.batch_timeout)
+    row = conn.execute("SELECT (extract(epoch FROM %s::interval) * 1000)::bigint", [text]).fetchone()
+    ms = int(row[0]) if row else 0
+    if not 0 < ms <= MAX_TIMEOUT_MS:
+        raise ConfigError(
+            f"{config.source}: batch_timeout: {config.batch_timeout!r} "
+            "must be more than 0 and less than 24 days"
+        )
+    return ms
 
 
 @contextmanager

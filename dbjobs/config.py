@@ -50,6 +50,8 @@ class Config:
     cron_dsn: str | None = None
     # pg_cron's time zone (cron.timezone, pg_cron 1.5+), for roles that may not read it.
     cron_timezone: str | None = None
+    # The longest one batch's transaction may take (PostgreSQL 17+: transaction_timeout).
+    batch_timeout: str = "1 minute"
     source: str = BUILT_IN
 
     def job(self, name: str) -> Job | None:
@@ -77,7 +79,9 @@ LEGACY_SCHEDULE_VARS = {
     "JOB_LOGIN_CLEANUP": "login_attempts",
 }
 
-TOP_KEYS = {"schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "jobs"}
+TOP_KEYS = {
+    "schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout", "jobs",
+}  # fmt: skip
 JOB_KEYS = {"table", "expires", "retain", "schedule", "batch_size", "where", "max_age", "partitions"}
 # What a run does with the partitions of a range-partitioned table that lie
 # wholly past retention: drop them, detach them (left as tables of their own),
@@ -85,7 +89,7 @@ JOB_KEYS = {"table", "expires", "retain", "schedule", "batch_size", "where", "ma
 PARTITION_MODES = ("drop", "detach", "delete")
 REQUIRED_JOB_KEYS = ("table", "expires", "retain", "schedule")
 # DBJOBS_<KEY> overrides a top-level key.
-ENV_KEYS = ("schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone")
+ENV_KEYS = ("schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout")
 
 
 def load_config(
@@ -158,7 +162,7 @@ def parse_config(
             with _collect(problems):
                 values[key] = _parse_bool(var, env[var]) if key == "enabled" else env[var]
 
-    for key in ("schema", "history_retention", "grace", "cron_timezone"):
+    for key in ("schema", "history_retention", "grace", "cron_timezone", "batch_timeout"):
         if key in values:
             with _collect(problems):
                 _require_text(source, key, values[key])

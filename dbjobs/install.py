@@ -24,7 +24,7 @@ Action = Literal["create", "update", "remove"]
 @dataclass(frozen=True)
 class Change:
     action: Action
-    kind: Literal["schema", "job"]
+    kind: Literal["schema", "job", "setting"]
     name: str
     detail: str = ""
 
@@ -122,11 +122,17 @@ def install(
             else {}
         )
         cron_jobs = site.jobs()
+        batch_timeout = catalog.batch_timeout_ms(conn, config)
+        if schema_change is None or schema_change.action == "update":
+            _plan_settings(plan, conn, config.schema, batch_timeout)
         _plan_jobs(plan, config, jobs, installed, cron_jobs)
         _plan_maintenance(plan, config, site, cron_jobs)
         _require_alter(site, config, jobs, cron_jobs)
         if plan.changed and not dry_run:
-            _apply(conn, site, config, plan, jobs, cron_jobs, apply_schema=schema_change is not None)
+            _apply(
+                conn, site, config, plan, jobs, cron_jobs,
+                apply_schema=schema_change is not None, batch_timeout=batch_timeout,
+            )  # fmt: skip
     return plan
 
 
@@ -246,6 +252,16 @@ def _plan_jobs(
         plan.changes.append(Change("remove", "job", name, detail))
 
 
+def _plan_settings(plan: Plan, conn: psycopg.Connection[Any], schema: str, batch_timeout: int) -> None:
+    """Settings the cleanup procedure reads from dbjobs' meta table."""
+    row = conn.execute(
+        sql.SQL("SELECT value FROM {} WHERE key = 'batch_timeout'").format(sql.Identifier(schema, "meta"))
+    ).fetchone()
+    if row is None or row[0] != str(batch_timeout):
+        before = f"{row[0]} ms" if row else "none"
+        plan.changes.append(Change("update", "setting", "batch_timeout", f"{before} -> {batch_timeout} ms"))
+
+
 def _rule_text(job: ResolvedJob) -> str:
     """The whole rule, as a person reads it: which rows the job deletes."""
     text = f"where {' or '.join(job.job.expires)} is older than {job.job.retain}"
@@ -314,6 +330,7 @@ def _apply(
     cron_jobs: dict[str, cron.CronJob],
     *,
     apply_schema: bool,
+    batch_timeout: int,
 ) -> None:
     schema = config.schema
     if apply_schema:
@@ -329,11 +346,16 @@ def _apply(
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (key, value) VALUES ('sql_digest', %s), ('history_retention', %s), "
-            "('installed_at', extract(epoch FROM now())::text), ('enabled', %s) "
+            "('installed_at', extract(epoch FROM now())::text), ('enabled', %s), ('batch_timeout', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         ).format(sql.Identifier(schema, "meta")),
         # enabled: so that status, which reads no configuration, tells inactive from switched off.
-        [sqlfiles.digest(SCHEMA_FILE), config.history_retention, str(config.enabled).lower()],
+        [
+            sqlfiles.digest(SCHEMA_FILE),
+            config.history_retention,
+            str(config.enabled).lower(),
+            str(batch_timeout),
+        ],
     )
     maintenance = cron_jobs.get(cron.MAINTENANCE_JOB)
     command = cron.maintenance_command(site.database, config.history_retention)

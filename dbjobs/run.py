@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -109,6 +109,7 @@ def run(
             sql.Identifier(config.schema), sql.Literal(job)
         )
         failure: psycopg.Error | None = None
+        reconnect = with_database(conn, conn.info.dbname)  # while the session is there to ask
         with _watch(conn, config, job, before[0] if before else 0, progress):
             try:
                 conn.execute(call)
@@ -125,18 +126,24 @@ def run(
              ORDER BY r.id DESC LIMIT 1
             """
         ).format(sql.Identifier(config.schema, "job"), history)
-        row = conn.execute(latest, [job, before[0] if before else 0]).fetchone()
-        if row is not None and row[1] == "running" and failure is not None:
-            # Cancelled (statement timeout, pg_cancel_backend): the procedure's
-            # handler cannot catch that. Close the run here, in the session that
-            # still holds the job's lock, so that later runs are not skipped.
-            conn.execute(
-                sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(config.schema, "finish_run")),
-                [row[0], one_line_error(str(failure))],
-            )
-            row = conn.execute(latest, [job, before[0] if before else 0]).fetchone()
+        with ExitStack() as stack:
+            # The session may be gone: ended by the server (a batch past
+            # batch_timeout ends it on PostgreSQL 17+) or by an administrator.
+            # The run is then read, and recorded, over a new connection.
+            here = conn if not conn.closed else stack.enter_context(connect(reconnect, autocommit=True))
+            row = here.execute(latest, [job, before[0] if before else 0]).fetchone()
+            if row is not None and row[1] == "running" and failure is not None:
+                # Cancelled (statement timeout, pg_cancel_backend) or ended: the
+                # procedure's handler cannot catch that. Close the run here, so
+                # that it says why (and, in the same session, the job's lock is freed).
+                here.execute(
+                    sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(config.schema, "finish_run")),
+                    [row[0], _interrupted(failure, conn.closed)],
+                )
+                row = here.execute(latest, [job, before[0] if before else 0]).fetchone()
     finally:
-        conn.autocommit = saved
+        if not conn.closed:
+            conn.autocommit = saved
     if row is None:
         raise DbjobsError(f"job {job!r}: the run did not start: {one_line_error(str(failure))}") from failure
     _, status, rows, started, duration, error, removed, partition_rows, mode, skipped, cascaded = row
@@ -153,6 +160,13 @@ def run(
         int(skipped),
         {table: int(n) for table, n in cascaded.items()} if cascaded else None,
     )
+
+
+def _interrupted(failure: psycopg.Error, session_ended: bool) -> str:
+    message = one_line_error(str(failure))
+    if isinstance(failure, psycopg.errors.TransactionTimeout):
+        return f"{message}: a batch ran past batch_timeout; the batches before it stay"
+    return f"{message} (the session ended)" if session_ended and "connection" not in message else message
 
 
 @contextmanager

@@ -853,6 +853,9 @@ DECLARE
     failure_state text;
     failure_detail text;
     failure_hint text;
+    -- PostgreSQL 17+: a bound on each batch's transaction (see below).
+    batch_timeout text := CASE WHEN current_setting('server_version_num')::int >= 170000
+                               THEN (SELECT m.value FROM @schema@.meta m WHERE m.key = 'batch_timeout') END;
 BEGIN
     run_id := @schema@.start_run(job_name, run_trigger);
     IF run_id IS NULL THEN
@@ -869,6 +872,14 @@ BEGIN
         -- rows again; the run's own bookkeeping is in the same transactions.
         -- finish_run's transaction commits as the server is configured.
         PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        -- No batch may take longer than batch_timeout (PostgreSQL 17+): a
+        -- procedure's COMMITs restart transaction_timeout, where the statement
+        -- timer runs for the whole CALL. Past it PostgreSQL ends the session:
+        -- that batch is rolled back, the ones before it stay, and the run is
+        -- recorded as failed (by `dbjobs run`, or pg_cron and the next run).
+        IF batch_timeout IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('transaction_timeout', batch_timeout, true);
+        END IF;
         BEGIN
             deleted := @schema@.delete_batch(run_id);
         EXCEPTION WHEN OTHERS THEN
