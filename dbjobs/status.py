@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row
 
 from . import cron, schedule, sqlfiles
 from .config import DEFAULT_SCHEMA, Config
@@ -122,20 +123,43 @@ class JobFacts:
 
 @dataclass(frozen=True)
 class InstalledJob:
-    """A row of dbjobs' job table, as status_history() returns it."""
+    """A row of status_history() (read by column name): one job of dbjobs' job table, or a name
+    asked for that is not there, with its latest finished run and its latest success."""
 
     name: str
     installed: bool  # False: asked for (configured) but not in the job table
-    enabled: bool
+    enabled: bool  # as install left the jobs (enabled in the configuration)
     installed_at: datetime | None
     max_age: timedelta | None
-    definition: dict[str, Any]
-    last_run: LastRun | None
-    last_success_at: datetime | None
+    definition: dict[str, Any] | None  # the job table's row
+    started_at: datetime | None
+    finished_at: datetime | None
+    status: str | None
+    error: str | None
+    rows_deleted: int | None
+    run_trigger: str | None
+    rows_skipped: int | None
+    cascaded_rows: dict[str, int] | None
+    success_at: datetime | None
 
     @property
     def schedule(self) -> str:
-        return str(self.definition.get("schedule") or "")
+        return str((self.definition or {}).get("schedule") or "")
+
+    @property
+    def last_run(self) -> LastRun | None:
+        if self.status is None:
+            return None
+        return LastRun(
+            self.started_at,
+            self.finished_at,
+            self.status,
+            self.error,
+            self.rows_deleted,
+            self.run_trigger,
+            self.rows_skipped,
+            self.cascaded_rows,
+        )
 
 
 def status(
@@ -192,7 +216,7 @@ def status(
             row.installed_at,
             row.max_age,
             row.last_run,
-            row.last_success_at,
+            row.success_at,
             failure,
         )
         jobs.append(
@@ -337,22 +361,9 @@ def _installed(conn: psycopg.Connection[Any], schema: str) -> tuple[bool, bool]:
 
 def _history(conn: psycopg.Connection[Any], schema: str, asked: list[str]) -> list[InstalledJob]:
     """Every installed job (and each name in ``asked``) with its latest run and success."""
-    rows = conn.execute(
-        sql.SQL("SELECT * FROM {}(%s)").format(sql.Identifier(schema, "status_history")), [asked]
-    ).fetchall()
-    jobs = []
-    for row in rows:
-        name, installed, enabled, installed_at, max_age, definition = row[:6]
-        started, finished, status_, error, rows_deleted, trigger, skipped, cascaded, success_at = row[6:]
-        last = (
-            LastRun(started, finished, status_, error, rows_deleted, trigger, skipped, cascaded)
-            if status_
-            else None
-        )
-        jobs.append(
-            InstalledJob(name, installed, enabled, installed_at, max_age, definition or {}, last, success_at)
-        )
-    return jobs
+    with conn.cursor(row_factory=class_row(InstalledJob)) as cur:
+        query = sql.SQL("SELECT * FROM {}(%s)").format(sql.Identifier(schema, "status_history"))
+        return cur.execute(query, [asked]).fetchall()
 
 
 # What status compares between a configuration file and the job table.
@@ -368,7 +379,7 @@ def _drift(
     would, so that "24 hours" and "1 day" compare as the server stores them.
     """
     source = config.source
-    installed = {row.name: row.definition for row in rows if row.installed}
+    installed = {row.name: row.definition or {} for row in rows if row.installed}
     lines = []
     try:
         with conn.transaction():
