@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row
 
 from .config import Config
 from .connection import connect, with_database
@@ -118,9 +119,9 @@ def run(
         latest = sql.SQL(
             """
             SELECT r.id, r.status, r.rows_deleted, r.started_at,
-                   extract(epoch FROM r.finished_at - r.started_at) * 1000, r.error,
-                   r.partitions_removed, r.partition_rows,
-                   (SELECT j.partitions FROM {} j WHERE j.name = r.job),
+                   extract(epoch FROM r.finished_at - r.started_at)::float8 * 1000 AS duration_ms,
+                   r.error, r.partitions_removed, r.partition_rows,
+                   coalesce((SELECT j.partitions FROM {} j WHERE j.name = r.job), 'drop') AS partitions_mode,
                    r.rows_skipped, r.cascaded_rows
               FROM {} r WHERE r.job = %s AND r.id > %s
              ORDER BY r.id DESC LIMIT 1
@@ -131,35 +132,52 @@ def run(
             # batch_timeout ends it on PostgreSQL 17+) or by an administrator.
             # The run is then read, and recorded, over a new connection.
             here = conn if not conn.closed else stack.enter_context(connect(reconnect, autocommit=True))
-            row = here.execute(latest, [job, before[0] if before else 0]).fetchone()
-            if row is not None and row[1] == "running" and failure is not None:
+            reader = here.cursor(row_factory=class_row(_RunRow))
+            row = reader.execute(latest, [job, before[0] if before else 0]).fetchone()
+            if row is not None and row.status == "running" and failure is not None:
                 # Cancelled (statement timeout, pg_cancel_backend) or ended: the
                 # procedure's handler cannot catch that. Close the run here, so
                 # that it says why (and, in the same session, the job's lock is freed).
                 here.execute(
                     sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(config.schema, "finish_run")),
-                    [row[0], _interrupted(failure, conn.closed)],
+                    [row.id, _interrupted(failure, conn.closed)],
                 )
-                row = here.execute(latest, [job, before[0] if before else 0]).fetchone()
+                row = reader.execute(latest, [job, before[0] if before else 0]).fetchone()
     finally:
         if not conn.closed:
             conn.autocommit = saved
     if row is None:
         raise DbjobsError(f"job {job!r}: the run did not start: {one_line_error(str(failure))}") from failure
-    _, status, rows, started, duration, error, removed, partition_rows, mode, skipped, cascaded = row
     return RunResult(
         job,
-        status,
-        int(rows),
-        started,
-        float(duration) if duration is not None else None,
-        error,
-        int(removed),
-        int(partition_rows),
-        mode or "drop",
-        int(skipped),
-        {table: int(n) for table, n in cascaded.items()} if cascaded else None,
+        row.status,
+        row.rows_deleted,
+        row.started_at,
+        row.duration_ms,
+        row.error,
+        row.partitions_removed,
+        row.partition_rows,
+        row.partitions_mode,
+        row.rows_skipped,
+        row.cascaded_rows or None,
     )
+
+
+@dataclass(frozen=True)
+class _RunRow:
+    """The run just made, as the history holds it (columns read by name)."""
+
+    id: int
+    status: str
+    rows_deleted: int
+    started_at: datetime | None
+    duration_ms: float | None
+    error: str | None
+    partitions_removed: int
+    partition_rows: int
+    partitions_mode: str
+    rows_skipped: int
+    cascaded_rows: dict[str, int] | None
 
 
 def _interrupted(failure: psycopg.Error, session_ended: bool) -> str:
