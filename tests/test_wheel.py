@@ -32,6 +32,14 @@ def expected_files(version: str) -> list[str]:
     return sorted([*modules, *sql, "dbjobs/py.typed", *(f"{info}/{name}" for name in metadata)])
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """'0.17' and '0.17.0' alike: (0, 17)."""
+    parts = [int(part) for part in version.split(".")]
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
 def test_wheel_ships_the_package_and_works_outside_the_checkout(app_separate: AppDb, tmp_path: Path) -> None:
     app = app_separate
     dist = tmp_path / "dist"
@@ -73,6 +81,12 @@ def test_wheel_ships_the_package_and_works_outside_the_checkout(app_separate: Ap
     versions = in_venv("pip", "list", "--format", "json")
     installed_names = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(versions.stdout)}
     print("dependencies in the fresh virtualenv:", installed_names)  # shown with -rA / on failure
+    if constraints:  # each pinned dependency the wheel pulled in is at its pinned version
+        for line in Path(constraints).read_text().split():
+            name, _, pinned = line.partition("==")
+            name = name.lower().replace("_", "-")
+            if name in installed_names:
+                assert _release(installed_names[name]) == _release(pinned), (name, installed_names[name])
 
     # No alembic extra: Alembic and SQLAlchemy are not installed, and dbjobs.alembic says what to do.
     assert "alembic" not in installed_names and "sqlalchemy" not in installed_names
