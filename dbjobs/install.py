@@ -10,11 +10,14 @@ import psycopg
 from psycopg import sql
 
 from . import catalog, cron, schedule, sqlfiles
+from . import schema as dbschema
 from .catalog import ResolvedJob
 from .config import Config
 from .errors import ConfigError, DbjobsError, PrerequisiteError
 
-SCHEMA_FILE = "schema.sql"
+# Its digest, meta's sql_digest, tells whether the routines installed are this version's
+# (the tables' version is meta's schema_version: see dbjobs/schema.py).
+SCHEMA_FILE = dbschema.ROUTINES_FILE
 MIN_SERVER_VERSION = 130000
 INSTALL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('dbjobs.install'), hashtext(%s))"
 
@@ -186,13 +189,9 @@ def _schema_change(conn: psycopg.Connection[Any], schema: str) -> Change | None:
                 f"schema: {schema!r} already exists and holds objects that are not dbjobs': "
                 "set schema to a name of dbjobs' own"
             )
-        return Change("create", "schema", quoted, "tables, functions and the cleanup procedure")
-    current = conn.execute(
-        sql.SQL("SELECT value FROM {} WHERE key = 'sql_digest'").format(sql.Identifier(schema, "meta"))
-    ).fetchone()
-    if current and current[0] == sqlfiles.digest(SCHEMA_FILE):
-        return None
-    return Change("update", "schema", quoted, "SQL objects upgraded to this version of dbjobs")
+        return Change("create", "schema", quoted, dbschema.create_detail())
+    detail = dbschema.pending(conn, schema)
+    return None if detail is None else Change("update", "schema", quoted, detail)
 
 
 def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, _JobRow]:
@@ -334,15 +333,7 @@ def _apply(
 ) -> None:
     schema = config.schema
     if apply_schema:
-        grants = conn.execute(sqlfiles.query("install.sql", "routine_grants"), {"schema": schema}).fetchall()
-        conn.execute(sqlfiles.with_schema(SCHEMA_FILE, schema))
-        for routine, grantee in grants:
-            conn.execute(
-                sql.SQL("GRANT EXECUTE ON ROUTINE {} TO {}").format(
-                    sql.Identifier(schema, routine),
-                    sql.SQL(grantee),  # regrole text is already quoted
-                )
-            )
+        dbschema.apply(conn, schema)
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (key, value) VALUES ('sql_digest', %s), ('history_retention', %s), "

@@ -1,8 +1,10 @@
 -- name: schema_state
 -- What the configured schema holds. dbjobs marks its schema with a comment
--- (see schema.sql); an application table that happens to be called "meta"
+-- (see tables.sql); an application table that happens to be called "meta"
 -- does not make a schema dbjobs'. The last column lists whatever dbjobs did
 -- not create there: uninstall refuses to drop a schema holding any of it.
+-- The routine names are those of every version (routines.sql now), so that
+-- an install an older dbjobs made can be removed too.
 SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
        EXISTS (SELECT FROM pg_class WHERE relnamespace = n.oid)
            OR EXISTS (SELECT FROM pg_proc WHERE pronamespace = n.oid),
@@ -14,7 +16,9 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
               WHERE p.pronamespace = n.oid
                 AND p.proname NOT IN ('expired_rule', 'partition_expired', 'removable_partitions', 'start_run',
                                       'next_target', 'remove_partition', 'delete_batch', 'finish_run', 'run_job',
-                                      'status_history', 'status_cron', 'one_line_error'))
+                                      'status_history', 'status_cron', 'one_line_error', 'expired_estimate',
+                                      'sweep_batch', 'index_batch', 'delete_held', 'delete_counted',
+                                      'cascade_counts', 'cascaded_since', 'count_batch'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;
 

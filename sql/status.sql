@@ -10,7 +10,7 @@ SELECT c.oid IS NOT NULL,
 
 -- name: cron_latest_runs
 -- When pg_cron lives in another database: the same as the status_cron()
--- function of schema.sql, over there. The floor is the latest runid (read from
+-- function of routines.sql, over there. The floor is the latest runid (read from
 -- the sequence: max(runid) under row-level security could scan the whole
 -- table) minus the window, passed as a value so that the planner sees how few
 -- rows the range holds.

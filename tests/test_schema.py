@@ -1,12 +1,21 @@
-"""dbjobs' own SQL objects: privileges, pinned search_path, upgrades, pg_cron naming limits."""
+"""dbjobs' own SQL objects: privileges, pinned search_path, upgrades, pg_cron naming limits,
+the tuning constants."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import psycopg
+import pytest
 from psycopg import sql
 
+from dbjobs import schema, sqlfiles
 from dbjobs.cron import MAX_JOBNAME_BYTES
+from dbjobs.install import _schema_state
 from tests.conftest import DEFAULT_TABLES, AppDb
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 ONE_JOB = '[jobs.{name}]\ntable = "t"\nexpires = "x"\nretain = "1 day"\nschedule = "{schedule}"\n'
 
@@ -21,20 +30,21 @@ def test_functions_pin_search_path_and_are_not_public(app: AppDb, dbjobs_cli) ->
           FROM pg_proc p WHERE p.pronamespace = 'dbjobs'::regnamespace ORDER BY 1
         """
     )
-    assert {r[0].split("(")[0] for r in routines} == {
-        "dbjobs.delete_batch",
-        "dbjobs.expired_rule",
-        "dbjobs.finish_run",
-        "dbjobs.next_target",
-        "dbjobs.one_line_error",
-        "dbjobs.partition_expired",
-        "dbjobs.remove_partition",
-        "dbjobs.removable_partitions",
-        "dbjobs.run_job",
-        "dbjobs.start_run",
-        "dbjobs.status_cron",
-        "dbjobs.status_history",
-    }
+    created = re.findall(
+        r"^CREATE (?:FUNCTION|PROCEDURE) @schema@\.(\w+)\(", sqlfiles.read("routines.sql"), re.M
+    )
+    assert {r[0].split("(")[0] for r in routines} == {f"dbjobs.{name}" for name in created}
+    # What pg_cron, dbjobs run and status call keeps its name and signature.
+    assert {
+        "dbjobs.run_job(text,text,bigint)",
+        "dbjobs.finish_run(bigint,text)",
+        "dbjobs.status_history(text[])",
+        "dbjobs.status_cron(text[],bigint)",
+        "dbjobs.start_run(text,text)",
+    } <= {r[0] for r in routines}
+    # Uninstall knows every one of them for dbjobs' own.
+    with psycopg.connect(app.dsn) as conn:
+        assert _schema_state(conn, "dbjobs").foreign_objects == []
     for name, kind, config, public_may_execute in routines:
         assert not public_may_execute, name
         if kind == "f":
@@ -56,7 +66,8 @@ def test_upgrade_keeps_history_and_job_ids(app: AppDb, dbjobs_cli) -> None:
     upgraded = dbjobs_cli("--dsn", app.dsn, "install")
     assert upgraded.code == 0
     assert upgraded.out.splitlines() == [
-        'update schema "dbjobs": SQL objects upgraded to this version of dbjobs'
+        'update schema "dbjobs": SQL objects upgraded to this version of dbjobs, '
+        f"tables unchanged at version {schema.latest_version()}"
     ]
     assert app.execute("SELECT count(*) FROM dbjobs.run") == [(4,)]
     assert app.cron_jobs() == jobs
@@ -105,3 +116,33 @@ def test_second_granularity_schedules_need_pg_cron_1_5(app: AppDb, dbjobs_cli, w
     else:
         assert result.code == 0, result.err
         assert app.cron_jobs()[0][2] == "30 seconds"
+
+
+def test_tuning_constants_are_defined_once_used_and_documented() -> None:
+    constants = sqlfiles.defines("routines.sql")
+    assert "lock_timeout" in constants and constants["sweep_share"] == "0.05"
+    text = sqlfiles.with_schema("routines.sql", "dbjobs").as_string(None)
+    assert not re.findall(r"@[a-z_]+@", text)  # every one written in; @schema@ too
+    readme = README.read_text()
+    section = readme[readme.index("## Tuning constants") :]
+    section = section[: section.index("\n## ", 1)]
+    for name, value in constants.items():
+        assert f"| `{name}` | {value} |" in section, name
+
+
+def test_a_constant_used_but_not_defined_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = sqlfiles.read("routines.sql")
+    for broken, message in (
+        (original + "\n-- @sweep_shares@\n", "@sweep_shares@ is not defined"),
+        (original + "\n-- define unused_one = 1\n", "'unused_one' is never used"),
+        (original + "\n-- define held_waits = 30\n", "'held_waits' defined twice"),
+    ):
+        monkeypatch.setattr(sqlfiles, "read", lambda name, text=broken: text)
+        for cached in (sqlfiles.defines, sqlfiles._expand):
+            cached.cache_clear()
+        try:
+            with pytest.raises(ValueError, match=message):
+                sqlfiles.with_schema("routines.sql", "dbjobs")
+        finally:
+            for cached in (sqlfiles.defines, sqlfiles._expand):
+                cached.cache_clear()
