@@ -178,15 +178,55 @@ CRON_FAILURES = (
 )
 
 
+# dbjobs' pg_cron jobs that pg_cron would run over a connection to another port than this
+# server's: pg_cron stores the host (cron.host) and port of the server a job was scheduled on
+# in cron.job (nodename, nodeport), and connects there for every run unless it runs jobs in
+# background workers. A job scheduled before a failover or a restore onto a server listening
+# on another port then fails every run with "connection failed".
+_CRON_ADDRESSES = """
+SELECT j.jobid, j.jobname::text, j.nodename, j.nodeport, current_setting('port')::int
+  FROM cron.job j
+ WHERE j.jobname = ANY(%(jobnames)s::text[])
+   AND j.nodeport <> current_setting('port')::int
+   AND coalesce(current_setting('cron.use_background_workers', true), 'off') <> 'on'
+ ORDER BY j.jobid
+"""
+
+
+def _cron_address_checks(site: cron.CronSite, names: list[str]) -> list[Check]:
+    """dbjobs' jobs that pg_cron would run on another server's port (see _CRON_ADDRESSES)."""
+    try:
+        with site.conn.transaction():
+            rows = site.conn.execute(_CRON_ADDRESSES, {"jobnames": names}).fetchall()
+    except psycopg.errors.InsufficientPrivilege:  # cron.use_background_workers unreadable: unknown
+        return []
+    if not rows:
+        return []
+    jobids = ", ".join(str(row[0]) for row in rows)
+    jobid, jobname, host, port, here = rows[0]
+    detail = (
+        f"pg_cron runs job {jobid} ({jobname}){' and others' if len(rows) > 1 else ''} by connecting "
+        f"to {host}:{port}, where it was scheduled, but this server listens on port {here} (a failover "
+        "or a restore onto another port?): every run fails with 'connection failed'"
+    )
+    fix = (
+        f"SELECT cron.unschedule(jobid) FROM cron.job WHERE jobid IN ({jobids}); then `dbjobs install` "
+        "schedules them on this server again (the history stays); or set cron.use_background_workers = on"
+    )
+    return [Check("pg_cron job address", "fail", detail, fix)]
+
+
 def _cron_history_checks(site: cron.CronSite) -> list[Check]:
     """What pg_cron's history and job list say of dbjobs' jobs that dbjobs' own history cannot."""
     if not site.usage:
         return []
     names = [site.job_name(name) for name in site.jobs()]
+    checks = _cron_address_checks(site, names)
     rows = site.conn.execute(sqlfiles.query("status.sql", "cron_failures"), {"jobnames": names}).fetchall()
-    checks = []
     for message, count, last in rows:
         fix = next((fix for fragment, fix in CRON_FAILURES if fragment in (message or "")), None)
+        if checks and "connection failed" in (message or ""):
+            fix = "pg_cron connects to the address its jobs were scheduled on: see 'pg_cron job address'"
         if fix is None:
             continue  # a failure of the cleanup itself: `dbjobs status` shows it per job
         when = last.strftime("%Y-%m-%d %H:%M") if last else "time unknown"
