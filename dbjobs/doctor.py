@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +59,11 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
     try:
         jobs = catalog.validate(conn, config)
     except ConfigError as exc:  # every problem, one check each
-        fix = "fix the configuration (see the README)"
-        checks += [Check("configuration", "fail", problem, fix) for problem in exc.problems]
+        installed = _installed_job_names(conn, config)
+        checks += [
+            Check("configuration", "fail", problem, _configuration_fix(problem, installed, config))
+            for problem in exc.problems
+        ]
         return checks
     except DbjobsError as exc:
         checks.append(Check("configuration", "fail", str(exc), "fix the configuration (see the README)"))
@@ -93,6 +97,31 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
             )
         )
     return checks
+
+
+def _installed_job_names(conn: psycopg.Connection[Any], config: Config) -> set[str]:
+    """The jobs installed in dbjobs' schema (none when it is not installed)."""
+    try:
+        with conn.transaction():
+            query = sql.SQL("SELECT name FROM {}").format(sql.Identifier(config.schema, "job"))
+            return {row[0] for row in conn.execute(query)}
+    except psycopg.Error:
+        return set()
+
+
+def _configuration_fix(problem: str, installed: set[str], config: Config) -> str:
+    """How to fix one configuration problem: for a job already installed, the application changed
+    under it (a table dropped or renamed, a column dropped or retyped, a privilege revoked), and
+    its runs fail until the two match again."""
+    match = re.match(r"job '([^']+)': ", problem)
+    if match is None or match.group(1) not in installed:
+        return "fix the configuration (see the README)"
+    name = match.group(1)
+    return (
+        f"job {name!r} is installed and each of its runs fails until its table matches again: undo the "
+        f"change to the table (or the grant), or change [jobs.{name}] in {config.source} to match "
+        "(or remove it), then run `dbjobs install`"
+    )
 
 
 def _pg_cron_checks(site: cron.CronSite, preload: str | None, config: Config) -> list[Check]:
