@@ -34,6 +34,7 @@ MAX_JOBNAME_BYTES = 63  # pg_cron before 1.5 cuts job names to NAMEDATALEN - 1
 # bootstrap superuser (OID 10) in pg_cron's database: a row every role may see.
 SCHEDULER_APPLICATION_NAME = "pg_cron scheduler"
 BOOTSTRAP_SUPERUSER = 10
+SCHEDULER_FOUND = "pg_cron's scheduler runs there"  # how the pg_cron database was found
 # Settings that only a newer pg_cron library defines, newest first: what the
 # library can do, where the extension's version may lag (pg_cron 1.6.0 kept
 # reporting 1.5 until ALTER EXTENSION pg_cron UPDATE).
@@ -235,6 +236,16 @@ def locate(
         if found_by == "cron_dsn":
             raise
         reason = str(exc).removesuffix(" (set --dsn, DBJOBS_DSN or DATABASE_URL)")
+        if found_by == "cron.database_name" and f'database "{name}" does not exist' in reason:
+            # Renamed or dropped under pg_cron: its launcher cannot start (it retries each
+            # second from pg_cron 1.6.1; 1.4 waits for a restart), so no job runs.
+            # Not "pg_cron is not installed": uninstall must not go on without its jobs.
+            raise PrerequisiteError(
+                f"cron.database_name names database {name!r}, which does not exist (renamed or "
+                f"dropped?), and pg_cron is not in database {database!r}: pg_cron's scheduler cannot "
+                "run, so no job runs; rename the database back, or set cron.database_name to the "
+                "database holding pg_cron's extension and restart PostgreSQL (or set cron_dsn to it)"
+            ) from None
         raise PrerequisiteError(
             f"pg_cron is not installed in database {database!r}, and looking for it in database "
             f"{name!r} ({found_by}) failed: {reason}; set cron_dsn to the database where pg_cron lives"
@@ -242,6 +253,17 @@ def locate(
     with cron_conn:
         there = _probe(cron_conn)
         cron_db = there.database
+        if there.ext_version is None and found_by == SCHEDULER_FOUND:
+            # The library is loaded and its scheduler runs: only the extension is missing
+            # (not created yet, or dropped, which took every pg_cron job with it).
+            where = f"database {database!r}" + (f" nor in {cron_db!r}" if cron_db != database else "")
+            raise PrerequisiteError(
+                f"pg_cron is not installed in {where} ({found_by}): its library is loaded and its "
+                f"scheduler runs in database {cron_db!r}, but the extension is not created there "
+                f"(or was dropped, with every pg_cron job): run CREATE EXTENSION pg_cron in database "
+                f"{cron_db!r}, then `dbjobs install` to schedule dbjobs' jobs again "
+                "(or set cron_dsn to where pg_cron lives)"
+            )
         if there.ext_version is None:
             raise PrerequisiteError(
                 f"pg_cron is not installed in database {database!r} nor in {cron_db!r} ({found_by}): "
@@ -282,7 +304,7 @@ def find_cron_database(conn: psycopg.Connection[Any]) -> tuple[str, str]:
         [SCHEDULER_APPLICATION_NAME, BOOTSTRAP_SUPERUSER],
     ).fetchone()
     if row:
-        return row[0], "pg_cron's scheduler runs there"
+        return row[0], SCHEDULER_FOUND
     setting = _cron_database_name(conn)
     if setting:
         return setting, "cron.database_name"
