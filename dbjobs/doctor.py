@@ -251,11 +251,14 @@ def _cron_history_checks(site: cron.CronSite) -> list[Check]:
         return []
     names = [site.job_name(name) for name in site.jobs()]
     checks = _cron_address_checks(site, names)
+    orphans = site.conn.execute(sqlfiles.query("status.sql", "cron_orphans"), {"jobnames": names}).fetchall()
     rows = site.conn.execute(sqlfiles.query("status.sql", "cron_failures"), {"jobnames": names}).fetchall()
     for message, count, last in rows:
         fix = next((fix for fragment, fix in CRON_FAILURES if fragment in (message or "")), None)
         if checks and "connection failed" in (message or ""):
             fix = "pg_cron connects to the address its jobs were scheduled on: see 'pg_cron job address'"
+        elif orphans and "connection failed" in (message or ""):
+            fix = "pg_cron connects as the role that scheduled the job, now gone: see 'pg_cron job owner'"
         if fix is None:
             continue  # a failure of the cleanup itself: `dbjobs status` shows it per job
         when = last.strftime("%Y-%m-%d %H:%M") if last else "time unknown"
@@ -263,7 +266,6 @@ def _cron_history_checks(site: cron.CronSite) -> list[Check]:
             f"{count} recent run(s) failed before the cleanup ran (last {when}): {one_line_error(message)}"
         )
         checks.append(Check("pg_cron runs", "fail", detail, fix))
-    orphans = site.conn.execute(sqlfiles.query("status.sql", "cron_orphans"), {"jobnames": names}).fetchall()
     for jobid, jobname, username in orphans:
         checks.append(
             Check(
