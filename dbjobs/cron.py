@@ -35,6 +35,8 @@ MAX_JOBNAME_BYTES = 63  # pg_cron before 1.5 cuts job names to NAMEDATALEN - 1
 SCHEDULER_APPLICATION_NAME = "pg_cron scheduler"
 BOOTSTRAP_SUPERUSER = 10
 SCHEDULER_FOUND = "pg_cron's scheduler runs there"  # how the pg_cron database was found
+# install's lock (see install.INSTALL_LOCK), taken in the pg_cron database for the application's.
+CRON_LOCK = "SELECT pg_advisory_xact_lock(hashtext('dbjobs.install'), hashtext(%s))"
 # Settings that only a newer pg_cron library defines, newest first: what the
 # library can do, where the extension's version may lag (pg_cron 1.6.0 kept
 # reporting 1.5 until ALTER EXTENSION pg_cron UPDATE).
@@ -284,6 +286,11 @@ def locate(
                 f"database {database!r}: " + GRANT_HINT.format(role=role)
             )
         with cron_conn.transaction():
+            # Serialize with every other install and uninstall for this database on this side
+            # too: they commit here after the application's database, so one that holds only the
+            # application's lock could read pg_cron's jobs before another's commit here, and
+            # leave dbjobs' schema without its jobs, or its jobs without the schema.
+            cron_conn.execute(CRON_LOCK, [database])
             yield site
 
 
