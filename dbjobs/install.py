@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row
 
 from . import catalog, cron, schedule, sqlfiles
 from . import schema as dbschema
@@ -15,9 +18,6 @@ from .catalog import ResolvedJob
 from .config import Config
 from .errors import ConfigError, DbjobsError, PrerequisiteError
 
-# Its digest, meta's sql_digest, tells whether the routines installed are this version's
-# (the tables' version is meta's schema_version: see dbjobs/schema.py).
-SCHEMA_FILE = dbschema.ROUTINES_FILE
 MIN_SERVER_VERSION = 130000
 INSTALL_LOCK = "SELECT pg_advisory_xact_lock(hashtext('dbjobs.install'), hashtext(%s))"
 
@@ -25,11 +25,24 @@ Action = Literal["create", "update", "remove"]
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where a plan is applied: the application's connection, pg_cron's, dbjobs' schema."""
+
+    conn: psycopg.Connection[Any]
+    site: cron.CronSite
+    schema: str
+
+
+@dataclass(frozen=True)
 class Change:
+    """One operation of a plan: the line it prints and what it applies (``apply``), so that
+    ``--dry-run`` prints exactly what install then does."""
+
     action: Action
     kind: Literal["schema", "job", "setting"]
     name: str
     detail: str = ""
+    apply: Callable[[Target], None] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.action} {self.kind} {self.name}" + (f": {self.detail}" if self.detail else "")
@@ -55,14 +68,22 @@ class Plan:
             lines.append("dry run: nothing was changed")
         return lines
 
+    def apply(self, target: Target) -> None:
+        """Every change, in the order printed."""
+        for change in self.changes:
+            if change.apply is not None:
+                change.apply(target)
+
 
 @dataclass(frozen=True)
-class _JobRow:
-    """A row of dbjobs' job table, comparable between the config and the database."""
+class StoredJob:
+    """A job as dbjobs' job table holds it: what install writes, and reads back by column name
+    to compare (the configuration's side comes from ``ResolvedJob``)."""
 
+    name: str
     table_schema: str
     table_name: str
-    expires: tuple[str, ...]
+    expires: list[str]
     retain: str
     predicate: str | None
     batch_size: int
@@ -71,11 +92,12 @@ class _JobRow:
     partitions: str
 
     @classmethod
-    def of(cls, job: ResolvedJob) -> _JobRow:
+    def of(cls, job: ResolvedJob) -> StoredJob:
         return cls(
+            job.name,
             job.table_schema,
             job.table_name,
-            job.job.expires,
+            list(job.job.expires),
             job.retain,
             job.job.where,
             job.job.batch_size,
@@ -83,6 +105,18 @@ class _JobRow:
             job.max_age,
             job.job.partitions,
         )
+
+    def differences(self, other: StoredJob) -> list[str]:
+        """``field old -> new`` for each column that differs (the schedule is pg_cron's to compare)."""
+        return [
+            f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
+            for name in self.__dataclass_fields__
+            if name != "schedule" and getattr(self, name) != getattr(other, name)
+        ]
+
+
+# What install keeps in dbjobs' meta table for the cleanup procedure and status to read.
+SETTINGS = ("history_retention", "enabled", "batch_timeout")
 
 
 def install(
@@ -116,26 +150,24 @@ def install(
             site.conn.execute(INSTALL_LOCK, [site.database])
         _check_schedules(jobs, site)
         plan = Plan(dry_run=dry_run, database=site.database)
-        schema_change = _schema_change(conn, config.schema)
+        settings = {
+            "history_retention": config.history_retention,
+            "enabled": str(config.enabled).lower(),
+            "batch_timeout": str(catalog.batch_timeout_ms(conn, config)),
+        }
+        schema_change = _schema_change(conn, config.schema, settings)
         if schema_change:
             plan.changes.append(schema_change)
-        installed = (
-            _installed_jobs(conn, config.schema)
-            if schema_change is None or schema_change.action == "update"
-            else {}
-        )
+        exists = schema_change is None or schema_change.action == "update"
+        if exists:
+            plan.changes += _setting_changes(conn, config.schema, settings)
+        installed = _installed_jobs(conn, config.schema) if exists else {}
         cron_jobs = site.jobs()
-        batch_timeout = catalog.batch_timeout_ms(conn, config)
-        if schema_change is None or schema_change.action == "update":
-            _plan_settings(plan, conn, config.schema, batch_timeout)
         _plan_jobs(plan, config, jobs, installed, cron_jobs)
         _plan_maintenance(plan, config, site, cron_jobs)
         _require_alter(site, config, jobs, cron_jobs)
         if plan.changed and not dry_run:
-            _apply(
-                conn, site, config, plan, jobs, cron_jobs,
-                apply_schema=schema_change is not None, batch_timeout=batch_timeout,
-            )  # fmt: skip
+            plan.apply(Target(conn, site, config.schema))
     return plan
 
 
@@ -180,7 +212,7 @@ def _schema_state(conn: psycopg.Connection[Any], schema: str) -> _SchemaState:
     return _SchemaState(True, bool(row[0]), bool(row[1]), list(row[2]))
 
 
-def _schema_change(conn: psycopg.Connection[Any], schema: str) -> Change | None:
+def _schema_change(conn: psycopg.Connection[Any], schema: str, settings: dict[str, str]) -> Change | None:
     state = _schema_state(conn, schema)
     quoted = sql.Identifier(schema).as_string(None)
     if not state.marked:
@@ -189,76 +221,137 @@ def _schema_change(conn: psycopg.Connection[Any], schema: str) -> Change | None:
                 f"schema: {schema!r} already exists and holds objects that are not dbjobs': "
                 "set schema to a name of dbjobs' own"
             )
-        return Change("create", "schema", quoted, dbschema.create_detail())
+
+        def create(target: Target) -> None:
+            dbschema.apply(target.conn, target.schema)
+            _write_meta(target, {**settings, "sql_digest": dbschema.routines_digest()}, installed_at=True)
+
+        return Change("create", "schema", quoted, dbschema.create_detail(), create)
     detail = dbschema.pending(conn, schema)
-    return None if detail is None else Change("update", "schema", quoted, detail)
+
+    def upgrade(target: Target) -> None:
+        dbschema.apply(target.conn, target.schema)
+        _write_meta(target, {"sql_digest": dbschema.routines_digest()})
+
+    return None if detail is None else Change("update", "schema", quoted, detail, upgrade)
 
 
-def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, _JobRow]:
-    rows = conn.execute(
+def _write_meta(target: Target, values: dict[str, str], *, installed_at: bool = False) -> None:
+    if installed_at:  # when dbjobs was installed: staleness of a job never run counts from it
+        values = {**values, "installed_at": _now_epoch(target.conn)}
+    target.conn.execute(
         sql.SQL(
-            """
-            SELECT name, table_schema, table_name, expires, retain::text, predicate, batch_size,
-                   schedule, max_age::text,
-                   -- read before an upgrade adds the column
-                   coalesce(to_jsonb(j) ->> 'partitions', 'drop')
-              FROM {} AS j ORDER BY name
-            """
-        ).format(sql.Identifier(schema, "job"))
-    ).fetchall()
-    return {r[0]: _JobRow(r[1], r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[8], r[9]) for r in rows}
+            "INSERT INTO {} (key, value) SELECT * FROM unnest(%s::text[], %s::text[]) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        ).format(sql.Identifier(target.schema, "meta")),
+        [list(values), list(values.values())],
+    )
+
+
+def _now_epoch(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT extract(epoch FROM now())::text").fetchone()
+    return str(row[0]) if row else "0"
+
+
+def _setting_changes(conn: psycopg.Connection[Any], schema: str, settings: dict[str, str]) -> list[Change]:
+    """The settings the cleanup procedure and status read from dbjobs' meta table
+    (history_retention, enabled, batch_timeout in ms), where they differ from the configuration."""
+    have = dict(
+        conn.execute(
+            sql.SQL("SELECT key, value FROM {} WHERE key = ANY(%s)").format(sql.Identifier(schema, "meta")),
+            [list(SETTINGS)],
+        ).fetchall()
+    )
+    changes = []
+    for key, value in settings.items():
+        if have.get(key) != value:
+            unit = " ms" if key == "batch_timeout" else ""
+            before = f"{have[key]}{unit}" if key in have else "none"
+
+            def write(target: Target, key: str = key, value: str = value) -> None:
+                _write_meta(target, {key: value})
+
+            changes.append(Change("update", "setting", key, f"{before} -> {value}{unit}", write))
+    return changes
+
+
+def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, StoredJob]:
+    with conn.cursor(row_factory=class_row(StoredJob)) as cur:
+        rows = cur.execute(
+            sql.SQL(
+                """
+                SELECT name, table_schema, table_name, expires::text[] AS expires, retain::text AS retain,
+                       predicate, batch_size, schedule, max_age::text AS max_age,
+                       -- read before an upgrade from an early install adds the column
+                       coalesce(to_jsonb(j) ->> 'partitions', 'drop') AS partitions
+                  FROM {} AS j ORDER BY name
+                """
+            ).format(sql.Identifier(schema, "job"))
+        ).fetchall()
+    return {row.name: row for row in rows}
 
 
 def _plan_jobs(
     plan: Plan,
     config: Config,
     jobs: list[ResolvedJob],
-    installed: dict[str, _JobRow],
+    installed: dict[str, StoredJob],
     cron_jobs: dict[str, cron.CronJob],
 ) -> None:
     for job in jobs:
-        want = _JobRow.of(job)
+        want = StoredJob.of(job)
         have = installed.get(job.name)
         registered = cron_jobs.get(job.name)
+        command = cron.command(config.schema, job.name)
+        write = partial(_write_job, want=want, registered=registered, command=command, active=config.enabled)
         if have is None:
             state = "" if config.enabled else " (inactive: enabled = false)"
-            plan.changes.append(
-                Change(
-                    "create",
-                    "job",
-                    job.name,
-                    f"delete from {job.qualified_table} {_rule_text(job)}, "
-                    f"schedule '{job.job.schedule}'{state}",
-                )
-            )
+            detail = f"delete from {job.qualified_table} {_rule_text(job)}, schedule '{want.schedule}'{state}"
+            plan.changes.append(Change("create", "job", job.name, detail, write))
             continue
-        diffs = [
-            f"{name} {old!r} -> {new!r}"
-            for name, old, new in zip(
-                _JobRow.__dataclass_fields__, vars(have).values(), vars(want).values(), strict=True
-            )
-            if old != new and name != "schedule"
-        ]
-        diffs += _cron_diffs(
-            registered, job.job.schedule, cron.command(config.schema, job.name), config.enabled
-        )
+        diffs = have.differences(want) + _cron_diffs(registered, want.schedule, command, config.enabled)
         if diffs:
-            plan.changes.append(Change("update", "job", job.name, ", ".join(diffs)))
+            plan.changes.append(Change("update", "job", job.name, ", ".join(diffs), write))
     configured = {job.name for job in jobs} | {cron.MAINTENANCE_JOB}
     for name in sorted((set(installed) | set(cron_jobs)) - configured):
         registered = cron_jobs.get(name)
         detail = f"pg_cron job {registered.jobid} ({registered.jobname})" if registered else "not in pg_cron"
-        plan.changes.append(Change("remove", "job", name, detail))
+        plan.changes.append(
+            Change("remove", "job", name, detail, partial(_remove_job, registered=registered, name=name))
+        )
 
 
-def _plan_settings(plan: Plan, conn: psycopg.Connection[Any], schema: str, batch_timeout: int) -> None:
-    """Settings the cleanup procedure reads from dbjobs' meta table."""
-    row = conn.execute(
-        sql.SQL("SELECT value FROM {} WHERE key = 'batch_timeout'").format(sql.Identifier(schema, "meta"))
-    ).fetchone()
-    if row is None or row[0] != str(batch_timeout):
-        before = f"{row[0]} ms" if row else "none"
-        plan.changes.append(Change("update", "setting", "batch_timeout", f"{before} -> {batch_timeout} ms"))
+def _write_job(
+    target: Target, *, want: StoredJob, registered: cron.CronJob | None, command: str, active: bool
+) -> None:
+    """The job's row, then its pg_cron job: created, or changed in place (keeping its jobid)."""
+    columns = list(StoredJob.__dataclass_fields__)
+    target.conn.execute(
+        sql.SQL(
+            """
+            INSERT INTO {table} ({columns}) VALUES ({values})
+            ON CONFLICT (name) DO UPDATE SET ({columns}, installed_at) = ({excluded}, now())
+            """  # installed_at: staleness counts from the latest definition
+        ).format(
+            table=sql.Identifier(target.schema, "job"),
+            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            values=sql.SQL(", ").join(sql.Placeholder(name) for name in columns),
+            excluded=sql.SQL(", ").join(sql.Identifier("excluded", name) for name in columns),
+        ),
+        vars(want),
+    )
+    if registered is None:
+        target.site.schedule(want.name, want.schedule, command, active)
+    elif _cron_diffs(registered, want.schedule, command, active):
+        target.site.update(registered, want.schedule, command, active)
+
+
+def _remove_job(target: Target, *, registered: cron.CronJob | None, name: str) -> None:
+    if registered is not None:
+        target.site.unschedule(registered.jobid)
+    target.conn.execute(
+        sql.SQL("DELETE FROM {} WHERE name = %s").format(sql.Identifier(target.schema, "job")), [name]
+    )
 
 
 def _rule_text(job: ResolvedJob) -> str:
@@ -280,13 +373,21 @@ def _plan_maintenance(
             f"prune pg_cron's history of these jobs older than {config.history_retention}, "
             f"schedule '{cron.MAINTENANCE_SCHEDULE}' in database {site.cron_database}"
         )
-        plan.changes.append(Change("create", "job", cron.MAINTENANCE_JOB, detail))
-    else:
-        diffs = _cron_diffs(registered, cron.MAINTENANCE_SCHEDULE, command, True)
-        if registered.command != command:  # say what changed, not the whole statement
-            diffs = [d if not d.startswith("command") else "history_retention changed" for d in diffs]
-        if diffs:
-            plan.changes.append(Change("update", "job", cron.MAINTENANCE_JOB, ", ".join(diffs)))
+
+        def create(target: Target) -> None:
+            target.site.schedule(cron.MAINTENANCE_JOB, cron.MAINTENANCE_SCHEDULE, command, True)
+
+        plan.changes.append(Change("create", "job", cron.MAINTENANCE_JOB, detail, create))
+        return
+    diffs = _cron_diffs(registered, cron.MAINTENANCE_SCHEDULE, command, True)
+    if registered.command != command:  # say what changed, not the whole statement
+        diffs = [d if not d.startswith("command") else "history_retention changed" for d in diffs]
+    if diffs:
+
+        def update(target: Target, registered: cron.CronJob = registered) -> None:
+            target.site.update(registered, cron.MAINTENANCE_SCHEDULE, command, True)
+
+        plan.changes.append(Change("update", "job", cron.MAINTENANCE_JOB, ", ".join(diffs), update))
 
 
 def _cron_diffs(registered: cron.CronJob | None, schedule: str, command: str, active: bool) -> list[str]:
@@ -318,89 +419,6 @@ def _require_alter(
             f"enabled = {str(config.enabled).lower()} needs pg_cron's alter_job for job {flips[0]!r}, "
             "which this role may not execute: " + cron.GRANT_HINT.format(role=role[0] if role else "<role>")
         )
-
-
-def _apply(
-    conn: psycopg.Connection[Any],
-    site: cron.CronSite,
-    config: Config,
-    plan: Plan,
-    jobs: list[ResolvedJob],
-    cron_jobs: dict[str, cron.CronJob],
-    *,
-    apply_schema: bool,
-    batch_timeout: int,
-) -> None:
-    schema = config.schema
-    if apply_schema:
-        dbschema.apply(conn, schema)
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (key, value) VALUES ('sql_digest', %s), ('history_retention', %s), "
-            "('installed_at', extract(epoch FROM now())::text), ('enabled', %s), ('batch_timeout', %s) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-        ).format(sql.Identifier(schema, "meta")),
-        # enabled: so that status, which reads no configuration, tells inactive from switched off.
-        [
-            sqlfiles.digest(SCHEMA_FILE),
-            config.history_retention,
-            str(config.enabled).lower(),
-            str(batch_timeout),
-        ],
-    )
-    maintenance = cron_jobs.get(cron.MAINTENANCE_JOB)
-    command = cron.maintenance_command(site.database, config.history_retention)
-    if maintenance is None:
-        site.schedule(cron.MAINTENANCE_JOB, cron.MAINTENANCE_SCHEDULE, command, True)
-    elif _cron_diffs(maintenance, cron.MAINTENANCE_SCHEDULE, command, True):
-        site.update(maintenance, cron.MAINTENANCE_SCHEDULE, command, True)
-    changed = {c.name for c in plan.changes if c.kind == "job"}
-    for job in jobs:
-        if job.name not in changed:
-            continue
-        row = _JobRow.of(job)
-        conn.execute(
-            sql.SQL(
-                """
-                INSERT INTO {} AS j (name, table_schema, table_name, expires, retain, predicate,
-                                     batch_size, schedule, max_age, partitions)
-                VALUES (%s, %s, %s, %s, %s::interval, %s, %s, %s, %s::interval, %s)
-                ON CONFLICT (name) DO UPDATE SET
-                    table_schema = excluded.table_schema, table_name = excluded.table_name,
-                    expires = excluded.expires, retain = excluded.retain,
-                    predicate = excluded.predicate, batch_size = excluded.batch_size,
-                    schedule = excluded.schedule, max_age = excluded.max_age,
-                    partitions = excluded.partitions,
-                    installed_at = now()  -- staleness counts from the latest definition
-                """
-            ).format(sql.Identifier(schema, "job")),
-            [
-                job.name,
-                row.table_schema,
-                row.table_name,
-                list(row.expires),
-                row.retain,
-                row.predicate,
-                row.batch_size,
-                row.schedule,
-                row.max_age,
-                row.partitions,
-            ],
-        )
-        command = cron.command(schema, job.name)
-        registered = cron_jobs.get(job.name)
-        if registered is None:
-            site.schedule(job.name, job.job.schedule, command, config.enabled)
-        elif _cron_diffs(registered, job.job.schedule, command, config.enabled):
-            site.update(registered, job.job.schedule, command, config.enabled)
-    for change in plan.changes:
-        if change.kind == "job" and change.action == "remove":
-            if change.name in cron_jobs:
-                site.unschedule(cron_jobs[change.name].jobid)
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE name = %s").format(sql.Identifier(schema, "job")),
-                [change.name],
-            )
 
 
 def uninstall(conn: psycopg.Connection[Any], config: Config, *, cron_stack: ExitStack | None = None) -> Plan:

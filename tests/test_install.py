@@ -275,3 +275,53 @@ def test_status_before_install_and_after_a_job_vanishes(default_tables: AppDb, d
         f"update job {jobname.rpartition(':')[2]}: missing from pg_cron: schedule it again"
     ]
     assert dbjobs_cli("--dsn", app.dsn, "status").code == 0
+
+
+def test_dry_run_prints_exactly_what_install_then_does(
+    default_tables: AppDb, dbjobs_cli, write_config
+) -> None:
+    app = default_tables
+    assert dbjobs_cli("--dsn", app.dsn, "install").code == 0
+    config = write_config(
+        """
+        batch_timeout = "30 seconds"
+        history_retention = "2 days"
+        enabled = false
+        [jobs.refresh_tokens]
+        table = "refresh_tokens"
+        expires = ["expires_at"]
+        retain = "10 days"
+        schedule = "15 * * * *"
+        [jobs.attempts]
+        table = "login_attempts"
+        expires = ["created_at"]
+        retain = "1 day"
+        schedule = "0 3 * * *"
+        """
+    )
+    dry = dbjobs_cli("--dsn", app.dsn, "--config", config, "install", "--dry-run")
+    assert dry.code == 0, dry.err
+    planned = dry.out.splitlines()
+    assert planned[-1] == "dry run: nothing was changed"
+    before = app.cron_jobs()
+    assert (
+        dbjobs_cli("--dsn", app.dsn, "--config", config, "install", "--dry-run").out == dry.out
+    )  # unchanged
+    done = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
+    assert done.out.splitlines() == planned[:-1]
+    assert app.cron_jobs() != before
+    assert {
+        "update setting history_retention: 7 days -> 2 days",
+        "update setting enabled: true -> false",
+        "update setting batch_timeout: 60000 ms -> 30000 ms",
+        "update job _maintenance: history_retention changed",
+    } <= set(planned)
+    assert sum(line.startswith("remove job ") for line in planned) == 3
+    assert any(line.startswith("create job attempts: ") for line in planned)
+    assert any(
+        line.startswith("update job refresh_tokens: retain '30 days' -> '10 days'") for line in planned
+    )
+    again = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
+    assert again.out.startswith("nothing to change")
+    meta = dict(app.execute("SELECT key, value FROM dbjobs.meta"))
+    assert (meta["history_retention"], meta["enabled"], meta["batch_timeout"]) == ("2 days", "false", "30000")
