@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The tree just before schema versions: sql/schema.sql, run whole on every install (CREATE TABLE
 # IF NOT EXISTS, then ADD COLUMN IF NOT EXISTS per later column), meta without schema_version.
 PREVIOUS_RELEASE = "ebcdde6e2854ae07bfcfc4a951b0cd7b6306933a"
+# The first commit with the SQL: run's first nine columns only, everything else added since by the
+# ADD COLUMN IF NOT EXISTS lines that migration 0001 now holds.
+FIRST_SCHEMA = "f14595b"
 
 
 def _checkout(commit: str, into: Path) -> Path:
@@ -126,6 +129,56 @@ def test_the_previous_release_upgrades_to_a_fresh_install(app: AppDb, dbjobs_cli
 def reread_sql_files() -> None:
     for cached in (sqlfiles.read, sqlfiles.queries, sqlfiles.defines, sqlfiles._expand):
         cached.cache_clear()
+
+
+def test_the_first_shape_gets_every_column_from_migration_0001(app: AppDb, dbjobs_cli) -> None:
+    app.execute(DEFAULT_TABLES)
+    assert dbjobs_cli("--dsn", app.dsn, "install").code == 0
+    fresh = schema_dump(app)
+    assert dbjobs_cli("--dsn", app.dsn, "uninstall").code == 0
+
+    # That commit's sql/schema.sql as its install applied it, with a job and its history.
+    try:
+        first = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{FIRST_SCHEMA}:sql/schema.sql"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"needs the git history of this checkout, with commit {FIRST_SCHEMA}: {exc}")
+    app.execute(first.replace("@schema@", '"dbjobs"'))
+    app.execute(
+        """
+        INSERT INTO dbjobs.meta VALUES ('sql_digest', 'first'), ('history_retention', '7 days');
+        INSERT INTO dbjobs.job (name, table_schema, table_name, expires, retain, batch_size, schedule)
+        VALUES ('refresh_tokens', current_schema, 'refresh_tokens', '{expires_at}', '30 days', 5000,
+                '0 * * * *');
+        INSERT INTO dbjobs.run (job, trigger, status, finished_at, cutoff, rows_deleted)
+        VALUES ('refresh_tokens', 'scheduled', 'succeeded', now(), now() - interval '30 days', 12),
+               ('refresh_tokens', 'manual', 'failed', now(), now() - interval '30 days', 0);
+        """
+    )
+    assert app.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'dbjobs.run'::regclass AND attnum > 0"
+    ) == [(9,)]
+    runs = table_rows(app, "run")
+
+    upgraded = dbjobs_cli("--dsn", app.dsn, "install")
+    assert upgraded.code == 0, upgraded.err
+    assert upgraded.out.splitlines()[0].startswith(
+        'update schema "dbjobs": SQL objects upgraded to this version of dbjobs, tables upgraded from an '
+        "install without versions to version "
+    )
+    assert schema_dump(app) == fresh  # the first run_job(text) overload is gone too
+    after = table_rows(app, "run")
+    zero = {"partitions_removed", "partition_rows", "rows_skipped"}  # NOT NULL DEFAULT 0
+    for id, row in runs.items():
+        assert {k: after[id][k] for k in row} == row
+        assert {k: v for k, v in after[id].items() if k not in row} == {
+            k: 0 if k in zero else None for k in after[id] if k not in row
+        }
+    assert dbjobs_cli("--dsn", app.dsn, "run", "refresh_tokens").code == 0
 
 
 @pytest.fixture
