@@ -139,13 +139,12 @@ def _pg_cron_checks(site: cron.CronSite, preload: str | None, config: Config) ->
         checks.append(Check("preloaded", "fail", f"shared_preload_libraries = {preload!r}", fix))
     scheduler, _, _ = read_scheduler(site, config)
     if scheduler.running is False:
-        checks.append(Check("scheduler", "fail", scheduler.detail))
-    elif scheduler.paused:
-        checks.append(Check("scheduler", "warn", scheduler.detail))
-    elif scheduler.running is None and not scheduler.detail.startswith("hot standby"):
-        checks.append(Check("scheduler", "warn", "cannot see it", "GRANT pg_read_all_stats to this role"))
+        level = "fail"
+    elif scheduler.paused or scheduler.advice:  # paused, or cannot be seen
+        level = "warn"
     else:
-        checks.append(Check("scheduler", "pass", scheduler.detail))
+        level = "pass"
+    checks.append(Check("scheduler", level, scheduler.state, scheduler.advice))
     checks.append(
         Check("time zone", "pass", f"schedules fire in {scheduler.timezone} ({scheduler.timezone_source})")
     )

@@ -63,6 +63,8 @@ class Scheduler:
     paused: bool | None = False  # cron.launch_active_jobs = off (pg_cron 1.6); None: cannot be read
     # cron.log_run: off, pg_cron records no runs, so failures only it sees are invisible; None: unknown
     log_run: bool | None = True
+    state: str = ""  # detail is "<state>: <advice>"
+    advice: str | None = None  # what to do, when something is wrong
 
 
 @dataclass
@@ -486,35 +488,32 @@ def read_scheduler(site: cron.CronSite, config: Config) -> tuple[Scheduler, date
     paused = None if not may_read_settings else settings.get("cron.launch_active_jobs") == "off"
     log_run = None if not may_read_settings else settings.get("cron.log_run", "on") != "off"
     running: bool | None
+    advice = None
     if standby:
-        running, detail = None, "hot standby: pg_cron's scheduler runs on the primary"
+        running, state = None, "hot standby: pg_cron's scheduler runs on the primary"
+    elif seen and paused:
+        running, state = True, "pg_cron scheduler is paused: cron.launch_active_jobs = off, so no job starts"
+        advice = "set it to on and reload (SELECT pg_reload_conf())"
     elif seen:
-        running, detail = True, "pg_cron scheduler is running"
-        if paused:
-            detail = (
-                "pg_cron scheduler is paused: cron.launch_active_jobs = off, so no job starts; "
-                "set it to on and reload (SELECT pg_reload_conf())"
-            )
+        running, state = True, "pg_cron scheduler is running"
     elif not may_see:
-        running, detail = None, "cannot see pg_cron's scheduler: GRANT pg_read_all_stats to this role"
+        running, state = None, "cannot see pg_cron's scheduler"
+        advice = "GRANT pg_read_all_stats to this role"
     elif library >= (1, 6):
-        running, detail = (
-            False,
-            (
-                "pg_cron scheduler is not running: pg_cron 1.6.1+ restarts it within a second, so it keeps "
-                f"failing: read the server log, and check that database {site.cron_database!r} exists "
-                "and cron.database_name names it"
-            ),
+        running, state = False, "pg_cron scheduler is not running"
+        advice = (
+            "pg_cron 1.6.1+ restarts it within a second, so it keeps failing: read the server log, and "
+            f"check that database {site.cron_database!r} exists and cron.database_name names it"
         )
     else:
-        running, detail = (
-            False,
-            (
-                "pg_cron scheduler is not running: check shared_preload_libraries and cron.database_name, "
-                f"then restart PostgreSQL (pg_cron {label} does not restart a launcher that was terminated)"
-            ),
+        running, state = False, "pg_cron scheduler is not running"
+        advice = (
+            "check shared_preload_libraries and cron.database_name, then restart PostgreSQL "
+            f"(pg_cron {label} does not restart a launcher that was terminated)"
         )
-    return Scheduler(running, detail, timezone, source, paused, log_run), now, grace_interval
+    detail = f"{state}: {advice}" if advice else state
+    scheduler = Scheduler(running, detail, timezone, source, paused, log_run, state, advice)
+    return scheduler, now, grace_interval
 
 
 # The pg_cron library's (major, minor) per server start: it cannot change while

@@ -114,7 +114,7 @@ class AppDb:
 
 @pytest.fixture(params=LAYOUTS)
 def app(request: pytest.FixtureRequest, pg_servers: dict[str, servers.Server]) -> Iterator[AppDb]:
-    """A fresh application in each layout of SPEC section 6."""
+    """A fresh application in each layout of the README's "Where pg_cron lives"."""
     yield from _make_app(request.param, pg_servers[request.param])
 
 

@@ -40,7 +40,7 @@ def test_no_pg_cron_is_a_clear_error(server_without_pg_cron: Server, dbjobs_cli)
     doctor = dbjobs_cli("--dsn", dsn, "doctor")
     assert doctor.code == 2
     assert "FAIL  pg_cron: pg_cron is not installed" in doctor.out
-    # Nothing of dbjobs' to remove without pg_cron: uninstall is done (SPEC: exit 0).
+    # Nothing of dbjobs' to remove without pg_cron: uninstall is done (exit 0, as the README says).
     removed = dbjobs_cli("--dsn", dsn, "uninstall")
     assert (removed.code, removed.out) == (0, "nothing to remove: dbjobs is not installed\n")
     with connect(dsn) as conn:

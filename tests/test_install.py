@@ -1,4 +1,4 @@
-"""install, run and uninstall against real pg_cron, in both layouts of SPEC section 6."""
+"""install, run and uninstall against real pg_cron, in both layouts (its database or another)."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ def test_terminated_launcher_fails_the_status(
     doctor = dbjobs_cli("--dsn", dsn, "doctor")
     assert doctor.code == 2
     assert "FAIL  scheduler: pg_cron scheduler is not running" in doctor.out
-    assert "fix: restart PostgreSQL" in doctor.out
+    assert "fix: check shared_preload_libraries and cron.database_name, then restart PostgreSQL" in doctor.out
     time.sleep(2)
     assert dbjobs_cli("--dsn", dsn, "status").code == 2
 
