@@ -256,3 +256,166 @@ def test_a_percent_sign_in_dbjobs_schema(app_separate: AppDb, dbjobs_cli, write_
     )
     result = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
     assert result.code in (0, 2), result.err  # installed, or refused as invalid input
+
+
+# ---------------------------------------------------------------- where predicates
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    expired: bool
+    flag: bool | None
+    n: int | None
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """A `where` predicate as SQL, and the same predicate in Python with SQL's NULL logic."""
+
+    sql: str
+    holds: Any  # Callable[[Row], bool | None]
+
+
+def _not(p: Predicate) -> Predicate:
+    return Predicate(f"NOT ({p.sql})", lambda r: None if (v := p.holds(r)) is None else not v)
+
+
+def _and(a: Predicate, b: Predicate, spacing: str) -> Predicate:
+    def holds(r: Row) -> bool | None:
+        x, y = a.holds(r), b.holds(r)
+        if x is False or y is False:
+            return False
+        return None if x is None or y is None else True
+
+    return Predicate(f"({a.sql}){spacing}AND{spacing}({b.sql})", holds)
+
+
+def _or(a: Predicate, b: Predicate, spacing: str) -> Predicate:
+    def holds(r: Row) -> bool | None:
+        x, y = a.holds(r), b.holds(r)
+        if x is True or y is True:
+            return True
+        return None if x is None or y is None else False
+
+    return Predicate(f"({a.sql}){spacing}or{spacing}({b.sql})", holds)
+
+
+LABELS = ["a", "it's", "%", ";", "--", "日本", "b"]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+ATOMS = st.one_of(
+    st.just(Predicate("flag", lambda r: r.flag)),
+    st.just(Predicate("TRUE", lambda r: True)),
+    st.just(Predicate("false", lambda r: False)),
+    st.integers(0, 5).map(lambda k: Predicate(f"n > {k}", lambda r: None if r.n is None else r.n > k)),
+    st.integers(2, 3).map(
+        lambda m: Predicate(f"n % {m} = 0", lambda r: None if r.n is None else r.n % m == 0)
+    ),
+    st.sampled_from(LABELS).map(
+        lambda t: Predicate(f"label = {_literal(t)}", lambda r: None if r.label is None else r.label == t)
+    ),
+    st.just(Predicate("label IS NULL", lambda r: r.label is None)),
+    st.just(Predicate("n is not null", lambda r: r.n is not None)),
+)
+SPACING = st.sampled_from([" ", "\n", "  ", " /* c */ "])
+PREDICATES = st.recursive(
+    ATOMS,
+    lambda inner: st.one_of(
+        inner.map(_not), st.builds(_and, inner, inner, SPACING), st.builds(_or, inner, inner, SPACING)
+    ),
+    max_leaves=5,
+)
+# Not one boolean expression the planner accepts: each must be refused at install.
+INVALID = st.sampled_from(
+    [
+        "n",  # not boolean
+        "flag, n",
+        "flag) OR (n > 1",
+        "flag; DELETE FROM sessions",
+        "no_such_column",
+        "n >",
+        "label = 'unterminated",
+        "pg_sleep(0)",
+        "1",
+        "flag AND no_such_function(n)",
+        "*",
+        "",
+    ]
+)
+ROWS = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.sampled_from([True, False, None]),
+        st.sampled_from([None, 0, 1, 2, 3, 4, 5]),
+        st.sampled_from([None, *LABELS]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+WHERE_CONFIG = """
+[jobs.sessions]
+table = "sessions"
+expires = ["expires_at"]
+retain = "1 day"
+schedule = "0 * * * *"
+where = {where}
+"""
+
+
+@pytest.mark.slow
+def test_generated_where_predicates(app_separate: AppDb, dbjobs_cli, write_config) -> None:
+    app = app_separate
+    app.execute(
+        "CREATE TABLE sessions (id int PRIMARY KEY, expires_at timestamptz, flag boolean, n int, label text)"
+    )
+    first = dbjobs_cli(
+        "--dsn", app.dsn, "--config", write_config(WHERE_CONFIG.format(where='"true"')), "install"
+    )
+    assert first.code == 0, first.err
+    tried = {"cases": 0, "installed": 0}
+
+    def fill(rows: list[tuple[bool, bool | None, int | None, str | None]]) -> list[Row]:
+        made = [Row(i, *row) for i, row in enumerate(rows)]
+        values = sql.SQL(", ").join(
+            sql.SQL("({}, now() + {}::interval, {}, {}, {})").format(
+                r.id, "-3 days" if r.expired else "1 day", r.flag, r.n, r.label
+            )
+            for r in made
+        )
+        app.execute(sql.SQL("TRUNCATE sessions; INSERT INTO sessions VALUES {}").format(values))
+        return made
+
+    def ids() -> list[int]:
+        return [r[0] for r in app.execute("SELECT id FROM sessions ORDER BY id")]
+
+    @SETTINGS
+    @given(predicate=st.one_of(PREDICATES, PREDICATES, PREDICATES, INVALID), rows=ROWS, comment=st.booleans())
+    def check(predicate: Predicate | str, rows: list[Any], comment: bool) -> None:
+        tried["cases"] += 1
+        made = fill(rows)
+        text = predicate.sql if isinstance(predicate, Predicate) else predicate
+        if comment:
+            text += " -- a trailing comment"
+        config = write_config(WHERE_CONFIG.format(where=toml_string(text)))
+        before = (app.execute("SELECT * FROM dbjobs.job"), app.cron_jobs(), ids())
+        installed = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
+        if not isinstance(predicate, Predicate):
+            check_refusal(installed)
+            assert (app.execute("SELECT * FROM dbjobs.job"), app.cron_jobs(), ids()) == before
+            return
+        assert installed.code == 0, (text, installed.err)
+        tried["installed"] += 1
+        ran = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "sessions")
+        assert ran.code == 0, (text, ran.out)
+        expected = [r.id for r in made if not (r.expired and predicate.holds(r) is True)]
+        assert ids() == expected, (text, made)
+
+    check()
+    print(f"generated where predicates: {tried['cases']} cases, {tried['installed']} installed")
+    assert tried["installed"] >= 10 and tried["cases"] - tried["installed"] >= 5, tried
