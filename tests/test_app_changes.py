@@ -152,3 +152,20 @@ def test_a_dropped_index_slows_runs_and_doctor_prints_the_index(installed, dbjob
     # An index is no part of the rule: install has nothing to change.
     assert dbjobs_cli("--dsn", dsn, "--config", config, "install").out.startswith("nothing to change")
     assert app.count("audit") == 5 and app.count("sessions") == 4
+
+
+def test_a_predicate_that_fails_only_at_run_time(app_separate: AppDb, dbjobs_cli, write_config) -> None:
+    """Install plans `where`, it cannot run it on every row: one that errors on some rows installs,
+    and its runs fail, recorded and reported like any other failure, deleting nothing."""
+    app = app_separate
+    app.execute(
+        TABLES + "ALTER TABLE sessions ADD COLUMN n int DEFAULT 1; UPDATE sessions SET n = 0 WHERE id = 3"
+    )
+    config = write_config(CONFIG + 'where = "1 / n > 0"\n')
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
+    ran = dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "sessions")
+    assert (ran.code, ran.out) == (1, "sessions: failed after deleting 0 rows: division by zero\n")
+    result = dbjobs_cli("--dsn", app.dsn, "--config", config, "status", "--format", "json")
+    job = {j["name"]: j for j in json.loads(result.out)["jobs"]}["sessions"]
+    assert (result.code, job["state"], job["last_error"]) == (1, "failing", "division by zero")
+    assert app.count("sessions") == 10
