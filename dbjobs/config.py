@@ -296,8 +296,9 @@ def _check_schema_name(source: str, schema: str) -> None:
         raise ConfigError(
             f"{source}: schema: {schema!r} is not dbjobs' own: choose a schema for dbjobs alone"
         )
-    if len(schema.encode()) > 63 or "$" in schema or "\x00" in schema:
-        raise ConfigError(f"{source}: schema: {schema!r} must be at most 63 bytes, without '$'")
+    # '$' would end dollar quoting in dbjobs' SQL, '%' be read as a placeholder by psycopg.
+    if len(schema.encode()) > 63 or any(c in schema for c in "$%\x00"):
+        raise ConfigError(f"{source}: schema: {schema!r} must be at most 63 bytes, without '$' or '%'")
 
 
 def _check_timezone(source: str, zone: str) -> None:
