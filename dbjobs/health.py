@@ -71,12 +71,16 @@ def read_status(
                 outcome["report"] = status(conn, config, schema=schema)
         except (DbjobsError, psycopg.Error) as exc:
             outcome["error"] = exc
+        except BaseException as exc:  # a bug: raised again in the caller's thread, not lost
+            outcome["crash"] = exc
 
     worker = threading.Thread(target=work, name="dbjobs-status", daemon=True)
     worker.start()
     worker.join(deadline)
     if worker.is_alive():
         raise StatusUnknown(f"no answer from {describe(dsn)} within {deadline:g} s")
+    if "crash" in outcome:
+        raise outcome["crash"]
     if "error" in outcome:
         raise StatusUnknown(redact(" ".join(str(outcome["error"]).split()), dsn))
     report: Report = outcome["report"]
