@@ -51,6 +51,8 @@ class CronJob:
     command: str
     database: str
     active: bool
+    username: str = ""  # the role pg_cron runs it as
+    role_exists: bool = True  # False: that role was dropped, and every run fails to connect
 
 
 @dataclass
@@ -92,8 +94,9 @@ class CronSite:
         """dbjobs' pg_cron jobs for this database, by dbjobs job name."""
         rows = self.conn.execute(
             """
-            SELECT jobid, jobname, schedule, command, database, active
-              FROM cron.job
+            SELECT jobid, jobname, schedule, command, database, active, username,
+                   EXISTS (SELECT FROM pg_roles r WHERE r.rolname = j.username)
+              FROM cron.job j
              WHERE (database = %s OR jobname = %s) AND left(jobname, length(%s)) = %s
              ORDER BY jobid
             """,

@@ -310,6 +310,8 @@ def _plan_jobs(
             plan.changes.append(Change("create", "job", job.name, detail, write))
             continue
         diffs = have.differences(want) + _cron_diffs(registered, want.schedule, command, config.enabled)
+        if registered is not None and not registered.role_exists:
+            diffs = [_orphan_line(registered)]
         if diffs:
             plan.changes.append(Change("update", "job", job.name, ", ".join(diffs), write))
     configured = {job.name for job in jobs} | {cron.MAINTENANCE_JOB}
@@ -321,10 +323,21 @@ def _plan_jobs(
         )
 
 
+def _orphan_line(registered: cron.CronJob) -> str:
+    return (
+        f"pg_cron job {registered.jobid} runs as role {registered.username!r}, which no longer exists: "
+        "scheduled again as this role"
+    )
+
+
 def _write_job(
     target: Target, *, want: StoredJob, registered: cron.CronJob | None, command: str, active: bool
 ) -> None:
-    """The job's row, then its pg_cron job: created, or changed in place (keeping its jobid)."""
+    """The job's row, then its pg_cron job: created, or changed in place (keeping its jobid).
+
+    A pg_cron job whose role was dropped cannot be changed in place (pg_cron would
+    still run it as that role): it is unscheduled, and scheduled again as this role.
+    """
     columns = list(StoredJob.__dataclass_fields__)
     target.conn.execute(
         sql.SQL(
@@ -340,6 +353,9 @@ def _write_job(
         ),
         vars(want),
     )
+    if registered is not None and not registered.role_exists:
+        target.site.unschedule(registered.jobid)
+        registered = None
     if registered is None:
         target.site.schedule(want.name, want.schedule, command, active)
     elif _cron_diffs(registered, want.schedule, command, active):
@@ -382,10 +398,16 @@ def _plan_maintenance(
     diffs = _cron_diffs(registered, cron.MAINTENANCE_SCHEDULE, command, True)
     if registered.command != command:  # say what changed, not the whole statement
         diffs = [d if not d.startswith("command") else "history_retention changed" for d in diffs]
+    if not registered.role_exists:
+        diffs = [_orphan_line(registered)]
     if diffs:
 
         def update(target: Target, registered: cron.CronJob = registered) -> None:
-            target.site.update(registered, cron.MAINTENANCE_SCHEDULE, command, True)
+            if registered.role_exists:
+                target.site.update(registered, cron.MAINTENANCE_SCHEDULE, command, True)
+            else:  # pg_cron would go on running it as the dropped role
+                target.site.unschedule(registered.jobid)
+                target.site.schedule(cron.MAINTENANCE_JOB, cron.MAINTENANCE_SCHEDULE, command, True)
 
         plan.changes.append(Change("update", "job", cron.MAINTENANCE_JOB, ", ".join(diffs), update))
 

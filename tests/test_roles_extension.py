@@ -125,14 +125,6 @@ def test_installing_role_dropped(server, app, dbjobs_cli, write_config, path: st
     assert uninstalled.code == 0 and cron_rows(server, app) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="install keeps a pg_cron job whose role was dropped as registered: dbjobs/install.py "
-    "_plan_jobs/_cron_diffs compare schedule, command and active only (dbjobs/cron.py CronJob carries "
-    "no username), so `dbjobs install` as an existing role says 'nothing to change' (after REASSIGN "
-    "OWNED) or 'create job' without scheduling it (after DROP OWNED), and every run keeps failing to "
-    "connect as the dropped role",
-)
 @pytest.mark.parametrize("path", ["reassign", "drop owned"])
 def test_install_as_another_role_takes_over_jobs_whose_role_is_gone(
     server, app, dbjobs_cli, write_config, path: str
