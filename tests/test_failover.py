@@ -223,9 +223,10 @@ def test_failover_to_a_standby_on_another_port(world: World, dbjobs_cli) -> None
     # and the fix, which install then completes, keeping the history.
     doctor = dbjobs_cli("--dsn", app, "--config", world.config, "doctor")
     assert doctor.code == 2
-    jobids = [r[0] for r in app_cron_jobs(app)]  # _maintenance's and sessions'
+    jobs = query(app, "SELECT jobid, jobname FROM cron.job ORDER BY jobid")  # _maintenance, sessions
+    jobids = [jobid for jobid, _ in jobs]
     assert (
-        f"FAIL  pg_cron job address: pg_cron runs job {jobids[0]} (dbjobs:app:_maintenance) and others by "
+        f"FAIL  pg_cron job address: pg_cron runs job {jobids[0]} ({jobs[0][1]}) and others by "
         f"connecting to 127.0.0.1:{world.other_primary.port}, where it was scheduled, but this server "
         f"listens on port {standby.port}"
     ) in doctor.out, doctor.out
