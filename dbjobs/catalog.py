@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -32,6 +32,7 @@ class ResolvedJob:
     max_age: str | None
     partitioned: bool = False
     relid: int = 0  # the table's oid
+    max_runtime: str | None = None  # as the server spells it
 
     @property
     def predicate_search_path(self) -> str:
@@ -143,11 +144,18 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
         retain = interval(conn, where, "retain", job.retain)
     with _collect(problems):
         max_age = interval(conn, where, "max_age", job.max_age) if job.max_age else None
+    max_runtime = None
+    with _collect(problems):
+        if job.max_runtime:
+            max_runtime = interval(conn, where, "max_runtime", job.max_runtime)
+            row = conn.execute("SELECT %s::interval = interval '0'", [max_runtime]).fetchone()
+            if row and row[0]:
+                raise ConfigError(f"{where}: max_runtime: must be more than 0 (leave it out for no bound)")
     with _collect(problems):
         resolved = _resolve_table(conn, job, retain or job.retain, max_age)
     if problems:
         raise ConfigError(problems=problems)
-    return resolved
+    return replace(resolved, max_runtime=max_runtime)
 
 
 def _resolve_table(conn: psycopg.Connection[Any], job: Job, retain: str, max_age: str | None) -> ResolvedJob:

@@ -201,7 +201,7 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
                 _run_with_progress(conn, config, name) if sys.stderr.isatty() else run(conn, config, name)
             )
             print(result.line(), flush=True)
-            failed |= result.status not in ("succeeded", "skipped")
+            failed |= result.status not in ("succeeded", "skipped", "partial")  # partial: progress
     return 1 if failed else 0
 
 

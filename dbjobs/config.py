@@ -38,6 +38,11 @@ class Job:
     where: str | None = None
     max_age: str | None = None
     partitions: str = "drop"
+    # A run stops between batches once it has run this long, recorded as partial
+    # (None: unbounded); this many consecutive failures make the job fail (None: never).
+    # The job's own value, else the top-level one.
+    max_runtime: str | None = None
+    fail_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class Config:
     cron_timezone: str | None = None
     # The longest one batch's transaction may take (PostgreSQL 17+: transaction_timeout).
     batch_timeout: str = "1 minute"
+    # Defaults for the jobs' own keys of the same names (already applied to ``jobs``).
+    max_runtime: str | None = None
+    fail_after: int | None = None
     source: str = BUILT_IN
 
     def job(self, name: str) -> Job | None:
@@ -81,15 +89,24 @@ LEGACY_SCHEDULE_VARS = {
 
 TOP_KEYS = {
     "schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout", "jobs",
+    "max_runtime", "fail_after",
 }  # fmt: skip
-JOB_KEYS = {"table", "expires", "retain", "schedule", "batch_size", "where", "max_age", "partitions"}
+JOB_KEYS = {
+    "table", "expires", "retain", "schedule", "batch_size", "where", "max_age", "partitions",
+    "max_runtime", "fail_after",
+}  # fmt: skip
+# Keys a job takes from the top level when it does not set them.
+INHERITED_KEYS = ("max_runtime", "fail_after")
 # What a run does with the partitions of a range-partitioned table that lie
 # wholly past retention: drop them, detach them (left as tables of their own),
 # or delete their rows in batches like any other rows.
 PARTITION_MODES = ("drop", "detach", "delete")
 REQUIRED_JOB_KEYS = ("table", "expires", "retain", "schedule")
 # DBJOBS_<KEY> overrides a top-level key.
-ENV_KEYS = ("schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout")
+ENV_KEYS = (
+    "schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout",
+    "max_runtime", "fail_after",
+)  # fmt: skip
 
 
 def load_config(
@@ -162,7 +179,13 @@ def parse_config(
             with _collect(problems):
                 values[key] = _parse_bool(var, env[var]) if key == "enabled" else env[var]
 
-    for key in ("schema", "history_retention", "grace", "cron_timezone", "batch_timeout"):
+    if isinstance(values.get("fail_after"), str):  # from the environment
+        text = values["fail_after"].strip()
+        values["fail_after"] = int(text) if text.isdigit() else text
+    with _collect(problems):
+        if values.get("fail_after") is not None:
+            _check_fail_after(source, values["fail_after"])
+    for key in ("schema", "history_retention", "grace", "cron_timezone", "batch_timeout", "max_runtime"):
         if key in values:
             with _collect(problems):
                 _require_text(source, key, values[key])
@@ -189,9 +212,12 @@ def parse_config(
                 jobs.append(job)
     configured = tuple(jobs) if jobs_raw else DEFAULT_JOBS
     resolved = []
+    inherited = {key: values[key] for key in INHERITED_KEYS if values.get(key) is not None}
     for job in configured:
         with _collect(problems):
-            resolved.append(_apply_legacy_schedule(job, env))
+            own = jobs_raw.get(job.name, {}) if isinstance(jobs_raw, dict) else {}
+            defaults = {k: v for k, v in inherited.items() if not (isinstance(own, dict) and k in own)}
+            resolved.append(replace(_apply_legacy_schedule(job, env), **defaults))
     if problems:
         raise ConfigError(problems=problems)
     return Config(jobs=tuple(resolved), source=source, **values)
@@ -250,6 +276,13 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
         retain = _require_text(where, "retain", spec["retain"]) if "retain" in spec else None
     with _collect(found):
         schedule_ = _parse_schedule(where, "schedule", spec["schedule"]) if "schedule" in spec else None
+    max_runtime, fail_after = spec.get("max_runtime"), spec.get("fail_after")
+    with _collect(found):
+        if max_runtime is not None:
+            _require_text(where, "max_runtime", max_runtime)
+    with _collect(found):
+        if fail_after is not None:
+            _check_fail_after(where, fail_after)
     partitions = spec.get("partitions", "drop")
     if partitions not in PARTITION_MODES:
         found.append(
@@ -269,6 +302,8 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
         where=predicate,
         max_age=max_age,
         partitions=partitions,
+        max_runtime=max_runtime,
+        fail_after=fail_after,
     )
 
 
@@ -308,6 +343,13 @@ def _check_timezone(source: str, zone: str) -> None:
         raise ConfigError(
             f"{source}: cron_timezone: {zone!r} is not a time zone name (e.g. 'UTC', 'Europe/Berlin')"
         ) from None
+
+
+def _check_fail_after(where: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(
+            f"{where}: fail_after must be a positive integer (consecutive failures), not {value!r}"
+        )
 
 
 def _require_text(where: str, key: str, value: Any) -> str:

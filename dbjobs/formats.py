@@ -53,7 +53,9 @@ def health(report: Report) -> dict[str, Any]:
             # How long ago the job last succeeded: what staleness is judged on.
             check["observedValue"] = round((report.checked_at - job.last_success_at).total_seconds())
             check["observedUnit"] = "s"
-        output = status["last_error"] or _STATE_OUTPUT.get(job.state, job.state)
+        output = "; ".join(
+            [*([status["last_error"]] if status["last_error"] else []), *job.warnings]
+        ) or _STATE_OUTPUT.get(job.state, job.state)
         checks[f"{job.name}:last_success"] = [_check(check, job.status, output)]
     if report.drift:
         checks["dbjobs:configuration"] = [
@@ -116,6 +118,7 @@ def as_prometheus(report: Report | None) -> str:
     """
     # Imported here: a text status need not load prometheus_client.
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
+    from prometheus_client.core import CounterMetricFamily
 
     registry = CollectorRegistry()
 
@@ -156,6 +159,21 @@ def as_prometheus(report: Report | None) -> str:
     failing = gauge("dbjobs_job_failing", "1 when the last run failed", per_job)
     missing = gauge("dbjobs_job_missing", "1 when the job is installed but not in pg_cron", per_job)
     state = gauge("dbjobs_job_state", "1 for the job's current state, 0 for the others", ("job", "state"))
+    failures = gauge(
+        "dbjobs_job_consecutive_failures",
+        "Failed runs since the job's latest success or partial run",
+        per_job,
+    )
+    running_since = gauge(
+        "dbjobs_job_running_since_timestamp_seconds", "Start of the run in progress, if one is", per_job
+    )
+    warned = gauge(
+        "dbjobs_job_warning", "1 when the job warns although its state passes (see status)", per_job
+    )
+    # A counter family, not Counter: no _created sample stamped with the time of this scrape.
+    runs = CounterMetricFamily(
+        "dbjobs_job_runs", "Runs of the job by outcome, since install", labels=("job", "outcome")
+    )
     for job in report.jobs:
         if job.last_success_at is not None:
             last_success.labels(job.name).set(_seconds(job.last_success_at))
@@ -174,7 +192,25 @@ def as_prometheus(report: Report | None) -> str:
         missing.labels(job.name).set(int(job.state == "missing"))
         for name in STATES:
             state.labels(job.name, name).set(int(job.state == name))
+        if job.consecutive_failures is not None:
+            failures.labels(job.name).set(job.consecutive_failures)
+        if job.running_since is not None:
+            running_since.labels(job.name).set(_seconds(job.running_since))
+        warned.labels(job.name).set(int(bool(job.warnings)))
+        for outcome, count in sorted((job.runs_total or {}).items()):
+            runs.add_metric((job.name, outcome), count)
+    registry.register(_Fixed([runs]))
     return generate_latest(registry).decode()
+
+
+class _Fixed:
+    """A collector of metric families computed already."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
 
 
 def _seconds(when: datetime) -> float:
@@ -206,7 +242,9 @@ def as_text(report: Report, colour: bool = False) -> str:
     ]
     if not report.installed:
         lines.append("dbjobs is not installed in this database: run `dbjobs install`")
-    header = ("job", "state", "schedule", "last run", "by", "last success", "rows", "next run", "stale at")
+    header = (
+        "job", "state", "schedule", "last run", "by", "last success", "rows", "fails", "next run", "stale at",
+    )  # fmt: skip
     rows = [header] + [
         (
             j["name"],
@@ -216,6 +254,7 @@ def as_text(report: Report, colour: bool = False) -> str:
             j["last_trigger"] or "-",
             _short(j["last_success_at"]),
             "-" if j["last_rows_deleted"] is None else str(j["last_rows_deleted"]),
+            "-" if j["consecutive_failures"] is None else str(j["consecutive_failures"]),
             _short(j["next_run_at"]),
             _short(j["stale_at"]),
         )
@@ -234,6 +273,12 @@ def as_text(report: Report, colour: bool = False) -> str:
     lines += [
         f"{j['name']}: {j['last_error']}" for j in data["jobs"] if j["status"] != "pass" and j["last_error"]
     ]
+    lines += [
+        f"{j['name']}: running since {_short(j['running_since'])}, {j['running_rows'] or 0} rows so far"
+        for j in data["jobs"]
+        if j["running_since"]
+    ]
+    lines += [f"{j['name']}: {warning}" for j in data["jobs"] for warning in j["warnings"]]
     lines += [f"drift: {line}" for line in data["drift"]]
     return "\n".join(lines)
 

@@ -90,6 +90,8 @@ class StoredJob:
     schedule: str
     max_age: str | None
     partitions: str
+    max_runtime: str | None = None  # the job's own, else the top-level one
+    fail_after: int | None = None
 
     @classmethod
     def of(cls, job: ResolvedJob) -> StoredJob:
@@ -104,6 +106,8 @@ class StoredJob:
             job.job.schedule,
             job.max_age,
             job.job.partitions,
+            job.max_runtime,
+            job.job.fail_after,
         )
 
     def differences(self, other: StoredJob) -> list[str]:
@@ -283,7 +287,10 @@ def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, Sto
                 SELECT name, table_schema, table_name, expires::text[] AS expires, retain::text AS retain,
                        predicate, batch_size, schedule, max_age::text AS max_age,
                        -- read before an upgrade from an early install adds the column
-                       coalesce(to_jsonb(j) ->> 'partitions', 'drop') AS partitions
+                       coalesce(to_jsonb(j) ->> 'partitions', 'drop') AS partitions,
+                       -- (as the server spells the interval; absent before version 2)
+                       (to_jsonb(j) ->> 'max_runtime')::interval::text AS max_runtime,
+                       (to_jsonb(j) ->> 'fail_after')::integer AS fail_after
                   FROM {} AS j ORDER BY name
                 """
             ).format(sql.Identifier(schema, "job"))

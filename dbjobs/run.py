@@ -21,7 +21,7 @@ from .errors import DbjobsError, NotInstalledError, UnknownJobError, one_line_er
 @dataclass(frozen=True)
 class RunResult:
     job: str
-    status: str  # succeeded | failed | skipped
+    status: str  # succeeded | failed | skipped | partial (stopped at max_runtime)
     rows_deleted: int
     started_at: datetime | None
     duration_ms: float | None
@@ -34,10 +34,10 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "succeeded"
+        return self.status in ("succeeded", "partial")
 
     def line(self) -> str:
-        if self.status == "succeeded":
+        if self.status in ("succeeded", "partial"):
             rows = "row" if self.rows_deleted == 1 else "rows"
             line = f"{self.job}: deleted {self.rows_deleted} {rows} in {self.duration_ms or 0:.1f} ms"
             if self.partitions_removed:
@@ -47,6 +47,8 @@ class RunResult:
                     f" and {done} {self.partitions_removed} partition{plural}"
                     f" (about {self.partition_rows} rows)"
                 )
+            if self.status == "partial":
+                line += " (partial: stopped at max_runtime, the next run goes on)"
             return line + self._extras()
         if self.status == "skipped":
             return f"{self.job}: skipped: {self.error}"

@@ -52,6 +52,18 @@ class JobStatus:
     # ON DELETE CASCADE per child table (counted as they went; None: none).
     last_rows_skipped: int | None = None
     cascaded_rows: dict[str, int] | None = None
+    # Failed runs since the latest success or partial run (dbjobs' history;
+    # counted up to 1000), and the fail_after that turns them into a fail.
+    consecutive_failures: int | None = None
+    fail_after: int | None = None
+    # The run in progress: since when, and the rows it deleted so far.
+    running_since: datetime | None = None
+    running_rows: int | None = None
+    max_runtime_seconds: float | None = None
+    # Runs per outcome since install (dbjobs_job_runs_total).
+    runs_total: dict[str, int] | None = None
+    # Why the job is warn (or fail) although its state alone would pass.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +133,18 @@ class JobFacts:
     last_run: LastRun | None
     last_success_at: datetime | None
     cron_failure: LastRun | None  # pg_cron's latest run of the job, when it failed
+    partial_at: datetime | None = None  # the end of its latest partial run (progress too)
+    recent_outcomes: tuple[str, ...] = ()  # of its latest finished runs, newest first (3 at most)
+    consecutive_failures: int | None = None
+    fail_after: int | None = None
+    running_since: datetime | None = None
+    running_rows: int | None = None
+    max_runtime: timedelta | None = None
+    runs_total: dict[str, int] | None = None
+
+
+# A job whose latest runs all stopped at max_runtime never catches up.
+PARTIAL_STREAK = 3
 
 
 @dataclass(frozen=True)
@@ -143,6 +167,14 @@ class InstalledJob:
     rows_skipped: int | None
     cascaded_rows: dict[str, int] | None
     success_at: datetime | None
+    partial_at: datetime | None
+    recent_outcomes: list[str] | None
+    consecutive_failures: int | None
+    running_since: datetime | None
+    running_rows: int | None
+    max_runtime: timedelta | None
+    fail_after: int | None
+    runs: dict[str, int] | None
 
     @property
     def schedule(self) -> str:
@@ -220,6 +252,14 @@ def status(
             row.last_run,
             row.success_at,
             failure,
+            row.partial_at,
+            tuple(row.recent_outcomes or ()),
+            row.consecutive_failures,
+            row.fail_after,
+            row.running_since,
+            row.running_rows,
+            row.max_runtime,
+            row.runs,
         )
         jobs.append(
             job_status(
@@ -306,7 +346,30 @@ def job_status(
     elif last is None:
         state = "pending"
     else:
-        state = "ok"
+        state = "ok"  # a partial run is progress: the next run goes on from it
+
+    job_status_ = STATE_STATUS[state]
+    warnings = []
+    failures = facts.consecutive_failures
+    if state == "failing" and facts.fail_after is not None and (failures or 0) >= facts.fail_after:
+        job_status_ = "fail"
+        warnings.append(f"{failures} consecutive failed runs (fail_after = {facts.fail_after})")
+    recent = facts.recent_outcomes
+    if state == "ok" and len(recent) >= PARTIAL_STREAK and all(o == "partial" for o in recent):
+        warnings.append(
+            f"the last {len(recent)} runs all stopped at max_runtime with rows left: the job is not "
+            "catching up (raise max_runtime, or run it more often)"
+        )
+    if facts.running_since is not None and facts.max_runtime is not None and state not in ("inactive",):
+        overdue = facts.running_since + facts.max_runtime + grace
+        if now > overdue:
+            warnings.append(
+                f"a run has been running since {_moment(facts.running_since)}, past max_runtime "
+                f"({_span(facts.max_runtime)}) plus grace ({_span(grace)}): it is not stopping between "
+                "batches (one batch or a lock wait is holding it)"
+            )
+    if warnings and job_status_ == "pass":
+        job_status_ = "warn"
 
     duration = None
     if last is not None and last.at is not None and last.finished_at is not None:
@@ -317,7 +380,7 @@ def job_status(
         schedule=schedule_,
         active=active if known else None,
         state=state,
-        status=STATE_STATUS[state],
+        status=job_status_,
         last_run_at=last.at if last else None,
         last_run_status=last.status if last else None,
         last_trigger=last.trigger if last else None,
@@ -329,7 +392,23 @@ def job_status(
         last_duration_ms=duration,
         next_run_at=schedule.next_fire(schedule_, now, timezone) if scheduled else None,
         stale_at=stale_at if scheduled else None,
+        consecutive_failures=failures,
+        fail_after=facts.fail_after,
+        running_since=facts.running_since,
+        running_rows=facts.running_rows,
+        max_runtime_seconds=facts.max_runtime.total_seconds() if facts.max_runtime is not None else None,
+        runs_total=facts.runs_total,
+        warnings=warnings,
     )
+
+
+def _moment(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _span(interval: timedelta) -> str:
+    seconds = interval.total_seconds()
+    return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"
 
 
 def _stale_at(schedule_: str, facts: JobFacts, grace: timedelta, timezone: str) -> datetime | None:
@@ -339,7 +418,9 @@ def _stale_at(schedule_: str, facts: JobFacts, grace: timedelta, timezone: str) 
     install, when it never succeeded) plus ``grace``. With ``max_age``, the
     last success (or install) plus that fixed bound instead.
     """
-    since = facts.last_success_at or facts.installed_at
+    # A partial run is progress as much as a success is.
+    progress = [t for t in (facts.last_success_at, facts.partial_at) if t is not None]
+    since = max(progress) if progress else facts.installed_at
     if since is None:
         return None
     if facts.max_age is not None:

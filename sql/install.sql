@@ -10,7 +10,7 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
            OR EXISTS (SELECT FROM pg_proc WHERE pronamespace = n.oid),
        ARRAY(SELECT c.relname::text FROM pg_class c
               WHERE c.relnamespace = n.oid AND c.relkind NOT IN ('i', 'S', 'c')
-                AND c.relname NOT IN ('meta', 'job', 'run')
+                AND c.relname NOT IN ('meta', 'job', 'run', 'run_count')
              UNION ALL
              SELECT p.proname::text FROM pg_proc p
               WHERE p.pronamespace = n.oid
@@ -18,7 +18,7 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
                                       'next_target', 'remove_partition', 'delete_batch', 'finish_run', 'run_job',
                                       'status_history', 'status_cron', 'one_line_error', 'expired_estimate',
                                       'sweep_batch', 'index_batch', 'delete_held', 'delete_counted',
-                                      'cascade_counts', 'cascaded_since', 'count_batch'))
+                                      'cascade_counts', 'cascaded_since', 'count_batch', 'count_outcome'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;
 

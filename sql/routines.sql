@@ -122,6 +122,11 @@ DECLARE
     -- PostgreSQL 17+: a bound on each batch's transaction (see below).
     batch_timeout text := CASE WHEN current_setting('server_version_num')::int >= 170000
                                THEN (SELECT m.value FROM @schema@.meta m WHERE m.key = 'batch_timeout') END;
+    -- The job's max_runtime (NULL: unbounded): checked between batches, so a
+    -- run may overrun it by one batch, which batch_timeout bounds.
+    bound interval := (SELECT j.max_runtime FROM @schema@.job j WHERE j.name = job_name);
+    began timestamptz := clock_timestamp();
+    stopped boolean := false;
 BEGIN
     run_id := @schema@.start_run(job_name, run_trigger);
     IF run_id IS NULL THEN
@@ -156,9 +161,16 @@ BEGIN
         END;
         EXIT WHEN failure IS NOT NULL OR deleted IS NULL;
         COMMIT;
+        -- Past max_runtime: stop here, between batches, with every batch so far
+        -- committed. The run is 'partial' and the next one goes on: each run
+        -- starts from the rows still expired, so there is no position to keep.
+        IF bound IS NOT NULL AND clock_timestamp() - began >= bound THEN
+            stopped := true;
+            EXIT;
+        END IF;
     END LOOP;
 
-    PERFORM @schema@.finish_run(run_id, @schema@.one_line_error(failure, failure_detail, failure_hint));
+    PERFORM @schema@.finish_run(run_id, @schema@.one_line_error(failure, failure_detail, failure_hint), stopped);
     COMMIT;
     -- Fail the CALL too, so that pg_cron's own history says failed.
     IF failure IS NOT NULL THEN
@@ -185,6 +197,7 @@ DECLARE
     j        @schema@.job;
     run_id   bigint;
     cutoff   timestamptz;
+    ended    bigint;
 BEGIN
     SELECT * INTO j FROM @schema@.job WHERE name = job_name;
     IF NOT FOUND THEN
@@ -197,6 +210,8 @@ BEGIN
     IF NOT pg_try_advisory_lock(hashtext('dbjobs.run'), hashtext(job_name)) THEN
         INSERT INTO @schema@.run (job, trigger, status, finished_at, error)
         VALUES (job_name, run_trigger, 'skipped', clock_timestamp(), 'another run of this job was in progress');
+        PERFORM @schema@.count_outcome(job_name, 'skipped');
+        RAISE LOG 'dbjobs: job % skipped: another run of this job was in progress', job_name;
         RETURN NULL;
     END IF;
 
@@ -206,6 +221,10 @@ BEGIN
        SET status = 'failed', finished_at = coalesce(finished_at, clock_timestamp()),
            error = 'interrupted: the session running it ended before it finished'
      WHERE job = job_name AND status = 'running';
+    GET DIAGNOSTICS ended = ROW_COUNT;
+    IF ended > 0 THEN
+        PERFORM @schema@.count_outcome(job_name, 'failed', ended);
+    END IF;
 
     -- The planner's estimate of the rows to delete, for progress reports. The
     -- partitions to remove are listed by the run's first batch (see
@@ -221,24 +240,34 @@ END
 $$;
 
 
--- Closes a run as succeeded (error IS NULL) or failed, releases its lock, and
--- prunes this job's history older than history_retention (set by install), so
--- that the history never grows without bound.
-CREATE FUNCTION @schema@.finish_run(run_id bigint, failure text)
+-- Closes a run as succeeded (error IS NULL), failed, or partial (stopped at
+-- max_runtime), releases its lock, counts its outcome, writes one line to the
+-- server log, and prunes this job's history older than history_retention (set
+-- by install), so that the history never grows without bound.
+CREATE FUNCTION @schema@.finish_run(run_id bigint, failure text, stopped boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job_name text;
+    outcome  text := CASE WHEN failure IS NOT NULL THEN 'failed' WHEN stopped THEN 'partial' ELSE 'succeeded' END;
+    deleted  bigint;
+    took     float8;
 BEGIN
     UPDATE @schema@.run
-       SET status = CASE WHEN failure IS NULL THEN 'succeeded' ELSE 'failed' END,
+       SET status = outcome,
            finished_at = clock_timestamp(),
            error = failure
      WHERE id = run_id
-    RETURNING job INTO job_name;
+    RETURNING job, rows_deleted + partition_rows, extract(epoch FROM finished_at - started_at) * 1000
+         INTO job_name, deleted, took;
     PERFORM pg_advisory_unlock(hashtext('dbjobs.run'), hashtext(job_name));
+    PERFORM @schema@.count_outcome(job_name, outcome);
+    -- One line per run in the server log, for log-based alerting (LOG goes to
+    -- the server log at the default log_min_messages, not to the client).
+    RAISE LOG 'dbjobs: job % deleted % rows in % ms (%)%', job_name, deleted, round(took::numeric),
+              outcome, coalesce(': ' || failure, '');
     -- Never the job's latest success nor anything after it (a job failing for
     -- longer than the retention keeps its last success), nor its latest run.
     DELETE FROM @schema@.run
@@ -247,6 +276,18 @@ BEGIN
        AND id < coalesce((SELECT max(id) FROM @schema@.run WHERE job = job_name AND status = 'succeeded'),
                          run_id);
 END
+$$;
+
+
+-- Adds one run to the job's count of runs with that outcome (run_count), which
+-- dbjobs_job_runs_total{job,outcome} reports: a counter, never pruned.
+CREATE FUNCTION @schema@.count_outcome(job_name text, outcome text, n bigint DEFAULT 1)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO @schema@.run_count AS c (job, outcome, runs) VALUES (job_name, outcome, n)
+    ON CONFLICT (job, outcome) DO UPDATE SET runs = c.runs + excluded.runs
 $$;
 
 
@@ -985,13 +1026,18 @@ $$;
 
 -- Every installed job, and any other name asked for (a job in the caller's
 -- configuration that is not installed): its definition, whether install left
--- jobs enabled, its latest finished run and latest success. One probe each of
--- the (job, id DESC) indexes per job, whatever the size of the history.
+-- jobs enabled, its latest finished run, latest success and latest partial
+-- run, the outcomes of its latest 3 finished runs, its failures since its
+-- latest success or partial run, its run in progress, and its runs per
+-- outcome. Each is one probe of an index on (job, ...) per job, whatever the
+-- size of the history; counting the failures reads at most 1,000 entries.
 CREATE FUNCTION @schema@.status_history(names text[])
 RETURNS TABLE (name text, installed boolean, enabled boolean, installed_at timestamptz,
                max_age interval, definition jsonb, started_at timestamptz, finished_at timestamptz, status text,
                error text, rows_deleted bigint, run_trigger text, rows_skipped bigint, cascaded_rows jsonb,
-               success_at timestamptz)
+               success_at timestamptz, partial_at timestamptz, recent_outcomes text[],
+               consecutive_failures bigint, running_since timestamptz, running_rows bigint,
+               max_runtime interval, fail_after integer, runs jsonb)
 -- PL/pgSQL rather than SQL: its plan is cached for the session, where a SQL
 -- function with a SET clause would be planned again on every call.
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -1006,20 +1052,41 @@ BEGIN
                     (SELECT to_timestamp(m.value::float8) FROM @schema@.meta m WHERE m.key = 'installed_at')),
            j.max_age, to_jsonb(j) - 'name' - 'installed_at',
            last.started_at, last.finished_at, last.status, last.error, last.rows_deleted, last.trigger,
-           last.rows_skipped, last.cascaded_rows, success.finished_at
+           last.rows_skipped, last.cascaded_rows, success.finished_at, part.finished_at,
+           ARRAY(SELECT r.status FROM @schema@.run r
+                  WHERE r.job = n.name AND r.status IN ('succeeded', 'failed', 'partial')
+                  ORDER BY r.id DESC LIMIT 3),
+           (SELECT count(*) FROM (
+                SELECT FROM @schema@.run r
+                 WHERE r.job = n.name AND r.status = 'failed'
+                   AND r.id > greatest(success.id, part.id, 0)
+                 LIMIT 1000) f),
+           running.started_at, running.rows_deleted + running.partition_rows,
+           j.max_runtime, j.fail_after,
+           (SELECT jsonb_object_agg(c.outcome, c.runs) FROM @schema@.run_count c WHERE c.job = n.name)
       FROM (SELECT jj.name FROM @schema@.job jj UNION SELECT unnest(names)) AS n(name)
       LEFT JOIN @schema@.job j ON j.name = n.name
       LEFT JOIN LATERAL (
             SELECT r.started_at, r.finished_at, r.status, r.error, r.rows_deleted, r.trigger,
                    r.rows_skipped, r.cascaded_rows
               FROM @schema@.run r
-             WHERE r.job = n.name AND r.status IN ('succeeded', 'failed')
+             WHERE r.job = n.name AND r.status IN ('succeeded', 'failed', 'partial')
              ORDER BY r.id DESC LIMIT 1) last ON true
       LEFT JOIN LATERAL (
-            SELECT r.finished_at
+            SELECT r.id, r.finished_at
               FROM @schema@.run r
              WHERE r.job = n.name AND r.status = 'succeeded'
              ORDER BY r.id DESC LIMIT 1) success ON true
+      LEFT JOIN LATERAL (
+            SELECT r.id, r.finished_at
+              FROM @schema@.run r
+             WHERE r.job = n.name AND r.status = 'partial'
+             ORDER BY r.id DESC LIMIT 1) part ON true
+      LEFT JOIN LATERAL (
+            SELECT r.started_at, r.rows_deleted, r.partition_rows
+              FROM @schema@.run r
+             WHERE r.job = n.name AND r.status = 'running'
+             ORDER BY r.id DESC LIMIT 1) running ON true
      ORDER BY n.name;
 END
 $$;

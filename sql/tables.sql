@@ -49,7 +49,13 @@ CREATE TABLE @schema@.job (
     installed_at timestamptz NOT NULL DEFAULT now(),
     -- For a partitioned table: what to do with partitions lying wholly past
     -- retention (see remove_partition in routines.sql).
-    partitions   text NOT NULL DEFAULT 'drop' CHECK (partitions IN ('drop', 'detach', 'delete'))
+    partitions   text NOT NULL DEFAULT 'drop' CHECK (partitions IN ('drop', 'detach', 'delete')),
+    -- As install resolved them (the job's own value, else the top-level one):
+    -- a run stops between batches once it has run this long, recorded as
+    -- 'partial' (NULL: unbounded); this many consecutive failed runs make the
+    -- job's status 'fail' (NULL: never).
+    max_runtime  interval CHECK (max_runtime > interval '0'),
+    fail_after   integer CHECK (fail_after > 0)
 );
 
 -- Every run, scheduled or manual, including skipped and failed ones.
@@ -58,7 +64,8 @@ CREATE TABLE @schema@.run (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job                text NOT NULL,
     trigger            text NOT NULL CHECK (trigger IN ('scheduled', 'manual')),
-    status             text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'skipped')),
+    -- partial: stopped at the job's max_runtime, progress that the next run goes on from.
+    status             text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'skipped', 'partial')),
     started_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at        timestamptz,
     -- now() - retain when the run started: every batch deletes below it.
@@ -109,6 +116,21 @@ CREATE INDEX run_job_latest ON @schema@.run (job, id DESC);
 CREATE INDEX run_job_latest_success ON @schema@.run (job, id DESC) WHERE status = 'succeeded';
 -- Pruning old history deletes by age.
 CREATE INDEX run_started_at ON @schema@.run (started_at);
+-- Status reads a job's latest partial run and its run in progress: one probe
+-- each of these small partial indexes, however long the history.
+CREATE INDEX run_job_latest_partial ON @schema@.run (job, id DESC) WHERE status = 'partial';
+CREATE INDEX run_job_running ON @schema@.run (job, id DESC) WHERE status = 'running';
+
+-- Runs per job and outcome since install, for dbjobs_job_runs_total{job,outcome}:
+-- a Prometheus counter must never go down, which a count over the pruned history
+-- would, and counting the history on each scrape would cost a scan per job.
+-- finish_run (and start_run, for a skipped run) add one.
+CREATE TABLE @schema@.run_count (
+    job     text NOT NULL,
+    outcome text NOT NULL CHECK (outcome IN ('succeeded', 'failed', 'skipped', 'partial')),
+    runs    bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (job, outcome)
+);
 
 -- The version of these tables: the number of the last file in migrations/.
-INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '1');
+INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '2');
