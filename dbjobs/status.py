@@ -450,7 +450,10 @@ def _history(conn: psycopg.Connection[Any], schema: str, asked: list[str]) -> li
 
 
 # What status compares between a configuration file and the job table.
-_COMPARED = ("table", "expires", "retain", "where", "batch_size", "schedule", "max_age", "partitions")
+_COMPARED = (
+    "table", "expires", "retain", "where", "batch_size", "schedule", "max_age", "partitions",
+    "max_runtime", "fail_after",
+)  # fmt: skip
 
 
 def _drift(
@@ -472,11 +475,12 @@ def _drift(
                     "tables": [job.table for job in config.jobs],
                     "retains": [job.retain for job in config.jobs],
                     "max_ages": [job.max_age for job in config.jobs],
+                    "max_runtimes": [job.max_runtime for job in config.jobs],
                 },
             ).fetchall()
     except psycopg.Error as exc:
         return [f"{source} cannot be compared with what is installed: {one_line_error(str(exc))}"]
-    for job, (table, retain, max_age) in zip(config.jobs, resolved, strict=True):
+    for job, (table, retain, max_age, max_runtime) in zip(config.jobs, resolved, strict=True):
         have = installed.pop(job.name, None)
         if have is None:
             lines.append(f"job {job.name!r} is in {source} but not installed: run `dbjobs install`")
@@ -490,6 +494,8 @@ def _drift(
             "schedule": job.schedule,
             "max_age": max_age,
             "partitions": job.partitions,
+            "max_runtime": max_runtime,
+            "fail_after": job.fail_after,
         }
         stored = dict(
             have, table=_qualified(have["table_schema"], have["table_name"]), where=have["predicate"]

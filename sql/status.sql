@@ -51,9 +51,10 @@ SELECT (SELECT ARRAY[n.nspname::text, c.relname::text]
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = to_regclass(u.tbl)),
        u.retain::interval::text,
-       u.max_age::interval::text
-  FROM unnest(%(tables)s::text[], %(retains)s::text[], %(max_ages)s::text[]) WITH ORDINALITY
-       AS u(tbl, retain, max_age, i)
+       u.max_age::interval::text,
+       u.max_runtime::interval::text
+  FROM unnest(%(tables)s::text[], %(retains)s::text[], %(max_ages)s::text[], %(max_runtimes)s::text[])
+       WITH ORDINALITY AS u(tbl, retain, max_age, max_runtime, i)
  ORDER BY u.i;
 
 -- name: cron_failures

@@ -143,6 +143,14 @@ def test_a_config_that_differs_is_drift_a_warning_never_missing(
     write_config(same)
     data = json.loads(dbjobs_cli("--dsn", custom.dsn, "status", "--format", "json").out)
     assert (data["status"], data["drift"]) == ("pass", [])
+    # Bounds count too: a run bound or an escalation set in the file but not installed.
+    write_config(
+        'max_runtime = "10 minutes"\n'
+        + same.replace('retain = "90 days"', 'retain = "90 days"\nfail_after = 3')
+    )
+    drift = json.loads(dbjobs_cli("--dsn", custom.dsn, "status", "--format", "json").out)["drift"]
+    assert len(drift) == 2 and all("max_runtime None -> '00:10:00'" in line for line in drift)
+    assert "fail_after None -> 3" in next(line for line in drift if "old_audit" in line)
 
 
 def test_a_broken_config_beside_status_is_a_warning(custom: AppDb, dbjobs_cli, write_config) -> None:
