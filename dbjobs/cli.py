@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("run", help="run cleanups now")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--all", action="store_true", help="run every installed job")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count what each job would delete now; delete and record nothing",
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text", help="with --dry-run")
     commands.add_parser("uninstall", help="remove dbjobs' pg_cron jobs and schema")
     commands.add_parser("doctor", help="check the prerequisites and say how to fix each")
     for sub in commands.choices.values():
@@ -195,6 +202,8 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
                 )
                 raise UnknownJobError(f"unknown job {name!r}: {hint}")
         names = installed if args.all else args.jobs
+        if args.dry_run:
+            return _dry_run(conn, config, names, args.format)
         failed = False
         for name in names:
             result = (
@@ -203,6 +212,18 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
             print(result.line(), flush=True)
             failed |= result.status not in ("succeeded", "skipped", "partial")  # partial: progress
     return 1 if failed else 0
+
+
+def _dry_run(conn: psycopg.Connection[Any], config: Config, names: list[str], format_: str) -> int:
+    from .run import dry_run
+
+    results = [dry_run(conn, config, name) for name in names]
+    if format_ == "json":
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+    else:
+        print("\n".join(result.line() for result in results))
+        print("dry run: nothing was deleted or recorded")
+    return 0
 
 
 def _run_with_progress(conn: psycopg.Connection[Any], config: Config, name: str) -> RunResult:

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -217,3 +217,57 @@ def _watch(
     finally:
         done.set()
         poller.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a run of the job would delete now, counted without deleting (nothing is recorded)."""
+
+    job: str
+    rows: int  # exactly, the rows of partitions it would remove included
+    oldest: datetime | None  # the range of the expiry times among them
+    newest: datetime | None
+    partitions: list[str]  # that it would drop or detach
+    partitions_mode: str | None  # drop | detach, when there are any
+    cutoff: datetime
+
+    def line(self) -> str:
+        rows = "row" if self.rows == 1 else "rows"
+        line = f"{self.job}: would delete {self.rows} {rows}"
+        if self.rows:
+            line += f" expired from {_iso(self.oldest)} to {_iso(self.newest)}"
+        line += f" (cutoff {_iso(self.cutoff)})"
+        if self.partitions:
+            verb = "detach" if self.partitions_mode == "detach" else "drop"
+            line += f", and {verb} {len(self.partitions)} partition(s): {', '.join(self.partitions)}"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "rows": self.rows,
+            "oldest_expired_at": _iso(self.oldest) if self.oldest else None,
+            "newest_expired_at": _iso(self.newest) if self.newest else None,
+            "cutoff": _iso(self.cutoff),
+            "partitions": self.partitions,
+            "partitions_mode": self.partitions_mode,
+        }
+
+
+def _iso(when: datetime | None) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else "-"
+
+
+def dry_run(conn: psycopg.Connection[Any], config: Config, job: str) -> DryRun:
+    """Count what ``job`` would delete now, through the same rule as its runs, in a
+    transaction that is rolled back: nothing is deleted, locked for long, or recorded."""
+    names = installed_jobs(conn, config)
+    if job not in names:
+        raise UnknownJobError(f"unknown job {job!r}: installed jobs: {', '.join(names) or 'none'}")
+    with conn.transaction(force_rollback=True):
+        row = conn.execute(
+            sql.SQL("SELECT * FROM {}(%s)").format(sql.Identifier(config.schema, "dry_run")), [job]
+        ).fetchone()
+    assert row is not None
+    rows, oldest, newest, partitions, mode, cutoff = row
+    return DryRun(job, int(rows), oldest, newest, list(partitions or []), mode, cutoff)

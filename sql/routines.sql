@@ -666,6 +666,47 @@ END
 $$;
 
 
+-- What a run of the job would do now, without doing it (`dbjobs run --dry-run`):
+-- the rows its rule matches, counted exactly (partitions it would remove
+-- included), the range of their expiry times (each row's earliest expiry
+-- column, as the rule reads it), and the partitions it would drop or detach.
+-- Reads only; the caller's transaction is rolled back.
+CREATE FUNCTION @schema@.dry_run(job_name text)
+RETURNS TABLE (rows_matched bigint, oldest timestamptz, newest timestamptz, partitions text[],
+               partitions_mode text, cutoff timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+#variable_conflict use_column
+DECLARE
+    j        @schema@.job;
+    at       timestamptz;
+    removable oid[];
+BEGIN
+    SELECT * INTO j FROM @schema@.job WHERE name = job_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'dbjobs: unknown job "%"', job_name
+            USING ERRCODE = 'undefined_object', HINT = 'Run `dbjobs install` to register it.';
+    END IF;
+    at := now() - j.retain;
+    removable := @schema@.removable_partitions(j, at);
+    -- The predicate's names resolve as in every batch (see expired_rule).
+    PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
+    RETURN QUERY EXECUTE format(
+        'SELECT count(*), min(e), max(e), $2, $3, $1 FROM ('
+        '    SELECT least(%s) AS e FROM %I.%I WHERE %s'
+        ') t',
+        -- A row expires at the earliest of its expiry columns that is not NULL.
+        (SELECT string_agg(format('%I::timestamptz', c), ', ') FROM unnest(j.expires) AS c),
+        j.table_schema, j.table_name, @schema@.expired_rule(j))
+    USING at,
+          ARRAY(SELECT r::regclass::text FROM unnest(removable) AS r),
+          CASE WHEN cardinality(removable) > 0 THEN j.partitions END;
+END
+$$;
+
+
 -- ===========================================================================
 -- One batch
 -- ===========================================================================

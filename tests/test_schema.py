@@ -37,7 +37,7 @@ def test_functions_pin_search_path_and_are_not_public(app: AppDb, dbjobs_cli) ->
     # What pg_cron, dbjobs run and status call keeps its name and signature.
     assert {
         "dbjobs.run_job(text,text,bigint)",
-        "dbjobs.finish_run(bigint,text)",
+        "dbjobs.finish_run(bigint,text,boolean)",
         "dbjobs.status_history(text[])",
         "dbjobs.status_cron(text[],bigint)",
         "dbjobs.start_run(text,text)",
