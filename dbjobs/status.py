@@ -334,6 +334,12 @@ def job_status(
     if known and facts.registered is None:
         state = "missing"
         error = "installed by dbjobs but not registered in pg_cron: run `dbjobs install`"
+    elif facts.registered is not None and not facts.registered.role_exists:
+        state = "failing"  # every run fails to connect, whatever the last one did
+        error = (
+            f"pg_cron runs it as role {facts.registered.username!r}, which no longer exists: "
+            "run `dbjobs install` as an existing role"
+        )
     elif not enabled:
         state = "inactive"
     elif not active:  # switched off in pg_cron behind dbjobs' back: it will not run
@@ -531,9 +537,11 @@ def _cron_facts(
     ).fetchall()
     registered, runs = {}, {}
     database = conn.info.dbname
-    for jobid, jobname, schedule_, active, run_status, message, start, end in rows:
+    for jobid, jobname, schedule_, active, username, role_exists, run_status, message, start, end in rows:
         name = jobnames[jobname]
-        registered[name] = cron.CronJob(jobid, jobname, schedule_, "", database, active)
+        registered[name] = cron.CronJob(
+            jobid, jobname, schedule_, "", database, active, username, role_exists
+        )
         if run_status is not None:
             runs[name] = _last_run(run_status, message, start, end)
     return registered, runs

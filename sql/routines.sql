@@ -1138,7 +1138,7 @@ $$;
 -- backwards for a job that has not run lately. Only callable where pg_cron
 -- lives in this database; PL/pgSQL, so that it can be created where it does not.
 CREATE FUNCTION @schema@.status_cron(jobnames text[], window_size bigint)
-RETURNS TABLE (jobid bigint, jobname text, schedule text, active boolean,
+RETURNS TABLE (jobid bigint, jobname text, schedule text, active boolean, username text, role_exists boolean,
                run_status text, return_message text, start_time timestamptz, end_time timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1164,7 +1164,9 @@ BEGIN
              WHERE r.runid > floor AND r.jobid = ANY(ARRAY(SELECT o.jobid FROM ours o))
                AND r.status IN ('succeeded', 'failed')
              ORDER BY r.jobid, r.runid DESC)
-    SELECT j.jobid, j.jobname::text, j.schedule, j.active,
+    SELECT j.jobid, j.jobname::text, j.schedule, j.active, j.username::text,
+           -- a job whose role was dropped: pg_cron goes on trying to run it as that role
+           EXISTS (SELECT FROM pg_roles r WHERE r.rolname = j.username),
            d.status, d.return_message, d.start_time, d.end_time
       FROM ours j
       LEFT JOIN latest d ON d.jobid = j.jobid

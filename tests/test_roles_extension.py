@@ -142,12 +142,6 @@ def test_install_as_another_role_takes_over_jobs_whose_role_is_gone(
         dbjobs_cli("--dsn", admin, "--config", config, "uninstall")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status passes while pg_cron runs the jobs as a role that no longer exists, until pg_cron "
-    "has failed a run: dbjobs/status.py (and status_cron in the routines) read no cron.job.username; "
-    "it should report such a job failing ('pg_cron runs it as role X, which no longer exists')",
-)
 def test_status_fails_a_job_whose_role_is_gone(server, app, dbjobs_cli, write_config) -> None:
     config = write_config(CONFIG)
     role, _ = _install_as_role(server, app, dbjobs_cli, config)
@@ -156,6 +150,8 @@ def test_status_fails_a_job_whose_role_is_gone(server, app, dbjobs_cli, write_co
     try:
         code, report = status_of(dbjobs_cli, admin, "--config", config)
         assert code != 0 and report["status"] != "pass", report
+        job = next(job for job in report["jobs"] if job["name"] == "sessions")
+        assert job["state"] == "failing" and "which no longer exists" in job["last_error"], job
     finally:
         query(server.dsn("crondb"), "SELECT cron.unschedule(jobid) FROM cron.job WHERE username = %s", [role])
         dbjobs_cli("--dsn", admin, "--config", config, "uninstall")
