@@ -286,10 +286,15 @@ def test_server_restarted_in_the_middle_of_a_scheduled_run(world: World, mode: s
         20,
         "pg_cron to close its interrupted run",
     )
-    assert details == [("failed", "server restarted")], details
+    # pg_cron says "server restarted" when it starts again; pg_cron 1.6 may see the job's
+    # connection drop first, on a fast shutdown, and record that.
+    [(status, message)] = details
+    lost = "server closed the connection unexpectedly"
+    assert status == "failed" and (message == "server restarted" or message.startswith(lost)), details
     code, report = status_json(dbjobs_cli, app, "--config", world.slow_config)
     job = jobs_by_name(report)["sessions"]
-    assert (code, job["state"], job["last_error"]) == (1, "failing", "pg_cron: server restarted"), report
+    assert (code, job["state"]) == (1, "failing"), report
+    assert job["last_error"] in ("pg_cron: server restarted", f"pg_cron: {' '.join(message.split())}"), job
 
     # The next run marks the interrupted one failed, and deletes the rest.
     result = dbjobs_cli("--dsn", app, "--config", world.slow_config, "run", "sessions")
