@@ -93,7 +93,10 @@ def test_changing_history_retention_updates_the_maintenance_job(app: AppDb, dbjo
     [(jobid, *_)] = app.maintenance_job()
     config = write_config(CONFIG.format(retention="30 days"))
     changed = dbjobs_cli("--dsn", app.dsn, "--config", config, "install")
-    assert changed.out.splitlines() == ["update job _maintenance: history_retention changed"]
+    assert changed.out.splitlines() == [
+        "update setting history_retention: 7 days -> 30 days",  # what each run's pruning reads
+        "update job _maintenance: history_retention changed",
+    ]
     [(same_id, _, _, command, _)] = app.maintenance_job()
     assert same_id == jobid and "'30 days'::interval" in command
     assert app.execute("SELECT value FROM dbjobs.meta WHERE key = 'history_retention'") == [("30 days",)]
