@@ -14,7 +14,7 @@ from . import catalog, cron, sqlfiles
 from .config import Config
 from .errors import ConfigError, DbjobsError, one_line_error
 from .install import MIN_SERVER_VERSION
-from .status import SEVERITY, read_scheduler, status
+from .status import ASSUMED_DEFAULT, SEVERITY, read_scheduler, status
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,13 @@ def _pg_cron_checks(site: cron.CronSite, preload: str | None, config: Config) ->
     else:
         level = "pass"
     checks.append(Check("scheduler", level, scheduler.state, scheduler.advice))
-    checks.append(
-        Check("time zone", "pass", f"schedules fire in {scheduler.timezone} ({scheduler.timezone_source})")
-    )
+    zone = f"schedules fire in {scheduler.timezone} ({scheduler.timezone_source})"
+    if scheduler.timezone_source.startswith(ASSUMED_DEFAULT):
+        # Fire times, next runs and staleness are only right if pg_cron does run in GMT.
+        fix = "set cron_timezone to pg_cron's cron.timezone (ask an administrator: SHOW cron.timezone)"
+        checks.append(Check("time zone", "warn", zone, fix))
+    else:
+        checks.append(Check("time zone", "pass", zone))
     if scheduler.log_run is False:
         checks.append(
             Check(

@@ -624,6 +624,10 @@ def _library_version(site: cron.CronSite, started: datetime) -> tuple[int, int]:
     return _LIBRARY_VERSIONS[key]
 
 
+# The source of a time zone status could not read and was not told.
+ASSUMED_DEFAULT = "pg_cron's default, assumed"
+
+
 def _timezone(
     library: tuple[int, int], label: str, config: Config, settings: dict[str, str]
 ) -> tuple[str, str]:
@@ -643,5 +647,5 @@ def _timezone(
         except schedule.ScheduleError:  # a POSIX zone string, which zoneinfo cannot compute with
             unreadable = f"cron.timezone {setting!r} is not a zone name dbjobs can compute with"
     if config.cron_timezone:
-        return config.cron_timezone, f"cron_timezone in the configuration ({unreadable})"
-    return "GMT", f"pg_cron's default ({unreadable}: set cron_timezone)"
+        return config.cron_timezone, f"cron_timezone in the configuration; {unreadable}"
+    return "GMT", f"{ASSUMED_DEFAULT}; {unreadable}: set cron_timezone"

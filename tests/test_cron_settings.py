@@ -168,3 +168,6 @@ def test_doctor_says_what_the_settings_mean(kolkata: ThrowawayServer, dbjobs_cli
     # A role that may not read the settings is not told they are fine: it is not told anything.
     owner = dbjobs_cli("--dsn", kolkata.dsn("app", user=ROLE), "--config", config, "doctor")
     assert "run logging" not in owner.out
+    if zone != "UTC":  # pg_cron 1.5+: the owner cannot read cron.timezone, and is told to say it
+        assert "WARN  time zone: schedules fire in GMT (pg_cron's default, assumed;" in owner.out
+        assert "fix: set cron_timezone to pg_cron's cron.timezone" in owner.out
