@@ -36,9 +36,15 @@ SELECT pg_is_in_recovery(),
        now(),
        %(grace)s::interval,
        pg_has_role(current_user, 'pg_read_all_settings', 'USAGE'),
-       -- pg_cron's settings are visible to superusers and pg_read_all_settings only.
-       (SELECT jsonb_object_agg(name, setting) FROM pg_settings
-         WHERE name IN ('cron.timezone', 'cron.launch_active_jobs', 'cron.log_run')),
+       -- pg_cron's settings are visible to superusers and pg_read_all_settings only
+       -- (NULL where the library does not define them: pg_cron 1.4 has no cron.timezone).
+       -- current_setting, not the pg_settings view, which builds a row for every setting.
+       CASE WHEN pg_has_role(current_user, 'pg_read_all_settings', 'USAGE') THEN
+           jsonb_strip_nulls(jsonb_build_object(
+               'cron.timezone', current_setting('cron.timezone', true),
+               'cron.launch_active_jobs', current_setting('cron.launch_active_jobs', true),
+               'cron.log_run', current_setting('cron.log_run', true)))
+       END,
        pg_postmaster_start_time();
 
 -- name: cron_last_runid
