@@ -54,7 +54,7 @@ class _Rollback(Exception):
 def predicate_search_path(schema: str) -> str:
     """The search_path a job's ``where`` is evaluated with, at install and in every run.
 
-    The same as schema.sql's (see expired_rule there): pg_catalog first, so that
+    The same as routines.sql's (see expired_rule there): pg_catalog first, so that
     an object created in the table's schema cannot stand in for a built-in
     function or operator of the same signature; then the table's schema, where
     the application's own tables, types and functions usually are; pg_temp
@@ -270,7 +270,7 @@ class RowSecurity:
 # row locks of FOR UPDATE SKIP LOCKED; a policy without USING grants nothing):
 # with one missing, no row can be deleted. And the policies that may hide
 # some rows: restrictive ones, and permissive ones whose USING is not `true`
-# when no `USING (true)` one covers the command. schema.sql's next_target
+# when no `USING (true)` one covers the command. routines.sql's next_target
 # makes the first check again in every run.
 _ROW_SECURITY = """
 WITH applying AS (

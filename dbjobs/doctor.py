@@ -321,7 +321,7 @@ def _indexed(conn: psycopg.Connection[Any], job: catalog.ResolvedJob, column: st
 def _indexes_used(conn: psycopg.Connection[Any], job: catalog.ResolvedJob, column: str) -> set[str]:
     """The indexes the planner picks for an index-driven batch over ``column``, seq scans discouraged.
 
-    The query is that batch's (see delete_batch in schema.sql): the next rows
+    The query is that batch's (see index_batch in routines.sql): the next rows
     in the column's order below the cutoff that match the whole rule, `where`
     included, under the predicate's search_path. A partial index appears in
     the plan only when the planner proved that the rule implies its predicate.

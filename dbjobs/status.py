@@ -208,7 +208,7 @@ def status(
 
     Bounded in time: each statement may take at most STATEMENT_TIMEOUT. Works
     for the role that installed dbjobs and for a monitoring role granted the
-    status functions (see sql/schema.sql).
+    status functions (see sql/routines.sql).
     """
     config = config or Config(jobs=())
     schema = schema or config.schema
