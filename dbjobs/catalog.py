@@ -7,8 +7,6 @@ the caller's transaction usable and nothing behind.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from .config import Config, Job
-from .errors import ConfigError
+from .errors import ConfigError, collect_problems
 
 EXPIRY_TYPES = {"timestamp without time zone", "timestamp with time zone", "date"}
 
@@ -89,9 +87,9 @@ def validate(conn: psycopg.Connection[Any], config: Config) -> list[ResolvedJob]
     """Resolve every job of ``config`` against the catalog, or raise ConfigError with every problem."""
     problems: list[str] = []
     resolved = []
-    with _collect(problems):
+    with collect_problems(problems):
         interval(conn, config.source, "grace", config.grace)
-    with _collect(problems):
+    with collect_problems(problems):
         retention = interval(conn, config.source, "history_retention", config.history_retention)
         row = conn.execute("SELECT %s::interval < interval '1 hour'", [retention]).fetchone()
         if row and row[0]:
@@ -99,10 +97,10 @@ def validate(conn: psycopg.Connection[Any], config: Config) -> list[ResolvedJob]
                 f"{config.source}: history_retention: {config.history_retention!r} is too short: "
                 "keep at least 1 hour of history, or status has nothing to read"
             )
-    with _collect(problems):
+    with collect_problems(problems):
         batch_timeout_ms(conn, config)
     for job in config.jobs:
-        with _collect(problems):
+        with collect_problems(problems):
             resolved.append(_resolve(conn, job))
     if problems:
         raise ConfigError(problems=problems)
@@ -126,32 +124,23 @@ def batch_timeout_ms(conn: psycopg.Connection[Any], config: Config) -> int:
     return ms
 
 
-@contextmanager
-def _collect(problems: list[str]) -> Iterator[None]:
-    """Record a ConfigError's lines and go on, so that one pass finds every problem."""
-    try:
-        yield
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-
-
 def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
     """One job against the catalog; every problem found is raised together (ConfigError.problems)."""
     where = f"job {job.name!r}"
     problems: list[str] = []
     retain = max_age = None
-    with _collect(problems):
+    with collect_problems(problems):
         retain = interval(conn, where, "retain", job.retain)
-    with _collect(problems):
+    with collect_problems(problems):
         max_age = interval(conn, where, "max_age", job.max_age) if job.max_age else None
     max_runtime = None
-    with _collect(problems):
+    with collect_problems(problems):
         if job.max_runtime:
             max_runtime = interval(conn, where, "max_runtime", job.max_runtime)
             row = conn.execute("SELECT %s::interval = interval '0'", [max_runtime]).fetchone()
             if row and row[0]:
                 raise ConfigError(f"{where}: max_runtime: must be more than 0 (leave it out for no bound)")
-    with _collect(problems):
+    with collect_problems(problems):
         resolved = _resolve_table(conn, job, retain or job.retain, max_age)
     if problems:
         raise ConfigError(problems=problems)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import schedule
-from .errors import ConfigError
+from .errors import ConfigError, collect_problems
 
 DEFAULT_BATCH_SIZE = 20000
 DEFAULT_SCHEMA = "dbjobs"
@@ -170,33 +169,33 @@ def parse_config(
 
     values: dict[str, Any] = {k: raw[k] for k in TOP_KEYS - {"jobs"} if k in raw}
     legacy_enabled = env.get("JOB_ENABLE_CLEANUP")
-    with _collect(problems):
+    with collect_problems(problems):
         if legacy_enabled is not None:
             values["enabled"] = _parse_bool("JOB_ENABLE_CLEANUP", legacy_enabled)
     for key in ENV_KEYS:
         var = f"DBJOBS_{key.upper()}"
         if var in env:
-            with _collect(problems):
+            with collect_problems(problems):
                 values[key] = _parse_bool(var, env[var]) if key == "enabled" else env[var]
 
     if isinstance(values.get("fail_after"), str):  # from the environment
         text = values["fail_after"].strip()
         values["fail_after"] = int(text) if text.isdigit() else text
-    with _collect(problems):
+    with collect_problems(problems):
         if values.get("fail_after") is not None:
             _check_fail_after(source, values["fail_after"])
     for key in ("schema", "history_retention", "grace", "cron_timezone", "batch_timeout", "max_runtime"):
         if key in values:
-            with _collect(problems):
+            with collect_problems(problems):
                 _require_text(source, key, values[key])
-    with _collect(problems):
+    with collect_problems(problems):
         if isinstance(values.get("schema"), str):
             _check_schema_name(source, values["schema"])
-    with _collect(problems):
+    with collect_problems(problems):
         if isinstance(values.get("cron_timezone"), str):
             _check_timezone(source, values["cron_timezone"])
     if values.get("cron_dsn") is not None:
-        with _collect(problems):
+        with collect_problems(problems):
             _require_text(source, "cron_dsn", values["cron_dsn"])
     if "enabled" in values and not isinstance(values["enabled"], bool):
         problems.append(f"{source}: enabled must be true or false")
@@ -214,22 +213,13 @@ def parse_config(
     resolved = []
     inherited = {key: values[key] for key in INHERITED_KEYS if values.get(key) is not None}
     for job in configured:
-        with _collect(problems):
+        with collect_problems(problems):
             own = jobs_raw.get(job.name, {}) if isinstance(jobs_raw, dict) else {}
             defaults = {k: v for k, v in inherited.items() if not (isinstance(own, dict) and k in own)}
             resolved.append(replace(_apply_legacy_schedule(job, env), **defaults))
     if problems:
         raise ConfigError(problems=problems)
     return Config(jobs=tuple(resolved), source=source, **values)
-
-
-@contextmanager
-def _collect(problems: list[str]) -> Iterator[None]:
-    """Record a ConfigError's lines and go on, so that one pass finds every problem."""
-    try:
-        yield
-    except ConfigError as exc:
-        problems.extend(exc.problems)
 
 
 def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
@@ -247,7 +237,7 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
     found += [f"{where}: missing key {key!r}" for key in REQUIRED_JOB_KEYS if key not in spec]
 
     table = expires = retain = schedule_ = None
-    with _collect(found):
+    with collect_problems(found):
         table = _require_text(where, "table", spec["table"]) if "table" in spec else None
     expires = spec.get("expires")
     if isinstance(expires, str):
@@ -266,21 +256,21 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
         found.append(f"{where}: batch_size {batch_size} is too large (at most 1000000)")
 
     predicate, max_age = spec.get("where"), spec.get("max_age")
-    with _collect(found):
+    with collect_problems(found):
         if predicate is not None:
             _require_text(where, "where", predicate)
-    with _collect(found):
+    with collect_problems(found):
         if max_age is not None:
             _require_text(where, "max_age", max_age)
-    with _collect(found):
+    with collect_problems(found):
         retain = _require_text(where, "retain", spec["retain"]) if "retain" in spec else None
-    with _collect(found):
+    with collect_problems(found):
         schedule_ = _parse_schedule(where, "schedule", spec["schedule"]) if "schedule" in spec else None
     max_runtime, fail_after = spec.get("max_runtime"), spec.get("fail_after")
-    with _collect(found):
+    with collect_problems(found):
         if max_runtime is not None:
             _require_text(where, "max_runtime", max_runtime)
-    with _collect(found):
+    with collect_problems(found):
         if fail_after is not None:
             _check_fail_after(where, fail_after)
     partitions = spec.get("partitions", "drop")

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class DbjobsError(Exception):
     """dbjobs failed."""
@@ -24,6 +27,15 @@ class ConfigError(DbjobsError):
     def __init__(self, message: str | None = None, *, problems: list[str] | None = None) -> None:
         self.problems = problems or [message or (self.__doc__ or "").splitlines()[0]]
         super().__init__("\n".join(self.problems))
+
+
+@contextmanager
+def collect_problems(problems: list[str]) -> Iterator[None]:
+    """Record a ConfigError's lines and go on, so that one pass finds every problem."""
+    try:
+        yield
+    except ConfigError as exc:
+        problems.extend(exc.problems)
 
 
 class UnknownJobError(DbjobsError):
