@@ -179,7 +179,7 @@ def _cmd_status(args: argparse.Namespace, dsn: str, config: Config, config_probl
 
 def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
     from .cron import MAINTENANCE_JOB
-    from .run import installed_jobs, run
+    from .run import installed_jobs, require_installed, run
 
     if args.jobs and args.all:
         raise UnknownJobError("name jobs or give --all, not both (--all runs every installed job)")
@@ -194,13 +194,7 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
                     "not a cleanup: pg_cron runs it; `dbjobs run` runs the cleanups "
                     f"({', '.join(installed) or 'none installed'})"
                 )
-            if name not in installed:
-                hint = (
-                    "run `dbjobs install` first"
-                    if config.job(name)
-                    else f"installed jobs: {', '.join(installed) or 'none'}"
-                )
-                raise UnknownJobError(f"unknown job {name!r}: {hint}")
+            require_installed(name, installed, config)
         names = installed if args.all else args.jobs
         if args.dry_run:
             return _dry_run(conn, config, names, args.format)

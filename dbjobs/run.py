@@ -76,6 +76,17 @@ def installed_jobs(conn: psycopg.Connection[Any], config: Config) -> list[str]:
     return [r[0] for r in conn.execute(query).fetchall()]
 
 
+def require_installed(job: str, installed: list[str], config: Config) -> None:
+    """UnknownJobError, saying what to do, unless ``job`` is installed."""
+    if job not in installed:
+        hint = (
+            "run `dbjobs install` first"
+            if config.job(job)
+            else f"installed jobs: {', '.join(installed) or 'none'}"
+        )
+        raise UnknownJobError(f"unknown job {job!r}: {hint}")
+
+
 Progress = Callable[[int, int | None], None]
 
 
@@ -94,14 +105,7 @@ def run(
     saved = conn.autocommit
     conn.autocommit = True
     try:
-        names = installed_jobs(conn, config)
-        if job not in names:
-            hint = (
-                "run `dbjobs install` first"
-                if config.job(job)
-                else f"installed jobs: {', '.join(names) or 'none'}"
-            )
-            raise UnknownJobError(f"unknown job {job!r}: {hint}")
+        require_installed(job, installed_jobs(conn, config), config)
         history = sql.Identifier(config.schema, "run")
         before = conn.execute(
             sql.SQL("SELECT coalesce(max(id), 0) FROM {} WHERE job = %s").format(history), [job]
@@ -261,9 +265,7 @@ def _iso(when: datetime | None) -> str:
 def dry_run(conn: psycopg.Connection[Any], config: Config, job: str) -> DryRun:
     """Count what ``job`` would delete now, through the same rule as its runs, in a
     transaction that is rolled back: nothing is deleted, locked for long, or recorded."""
-    names = installed_jobs(conn, config)
-    if job not in names:
-        raise UnknownJobError(f"unknown job {job!r}: installed jobs: {', '.join(names) or 'none'}")
+    require_installed(job, installed_jobs(conn, config), config)
     with conn.transaction(force_rollback=True):
         row = conn.execute(
             sql.SQL("SELECT * FROM {}(%s)").format(sql.Identifier(config.schema, "dry_run")), [job]
