@@ -112,7 +112,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         other_standby = ThrowawayServer(cron_database="app", bindir=primary.bindir)
         stack.callback(other_standby.stop)
         fast = stack.enter_context(ThrowawayServer(cron_database="app"))
-        crash = stack.enter_context(ThrowawayServer(cron_database="postgres"))
+        # Durable: with synchronous_commit off, an immediate shutdown loses the WAL of the
+        # batches committed in the last moments before it, which is no fault of dbjobs.
+        crash = stack.enter_context(ThrowawayServer(cron_database="postgres", durable=True))
         for server in (primary, other_primary, fast, crash):
             server.create_pg_cron()
         primary.create_database("app")
