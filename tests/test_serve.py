@@ -210,3 +210,18 @@ def test_the_command_serves_until_terminated(monitor: str) -> None:
         finally:
             proc.terminate()
             assert proc.wait(timeout=10) == 0
+
+
+def test_without_the_status_runs_grant_the_page_says_so(fleet_app: AppDb, monitor: str) -> None:
+    """A monitoring role granted only what `dbjobs status` needs still gets the page, minus the charts."""
+    role = psycopg.conninfo.conninfo_to_dict(monitor)["user"]
+    revoke = sql.SQL("{} EXECUTE ON FUNCTION dbjobs.status_runs(text[], integer) {} {}")
+    fleet_app.execute(revoke.format(sql.SQL("REVOKE"), sql.SQL("FROM"), sql.Identifier(str(role))))
+    try:
+        with serving([Database("app", monitor)]) as url:
+            page = get(url + "/")[2].decode()
+            assert get(url + "/ready")[0] == 200
+    finally:
+        fleet_app.execute(revoke.format(sql.SQL("GRANT"), sql.SQL("TO"), sql.Identifier(str(role))))
+    assert "recent runs not readable: GRANT EXECUTE ON FUNCTION dbjobs.status_runs(text[], integer)" in page
+    assert page.count("no finished runs yet") == len(JOBS)
