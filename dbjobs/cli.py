@@ -100,14 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: loopback only)"
     )
     p.add_argument(
-        "--port", type=int, default=8089, help="port to listen on (default 8089; 0: any free port)"
+        "--port", type=_port, default=8089, help="port to listen on (default 8089; 0: any free port)"
     )
     p.add_argument(
-        "--interval", type=float, default=5.0, metavar="SECONDS",
+        "--interval", type=_seconds, default=5.0, metavar="SECONDS",
         help="read the databases at most once per this long, however many requests come (default 5)",
     )  # fmt: skip
     p.add_argument(
-        "--timeout", type=float, default=5.0, metavar="SECONDS",
+        "--timeout", type=_seconds, default=5.0, metavar="SECONDS",
         help="a reading that takes longer is unknown (503 on /ready) (default 5)",
     )  # fmt: skip
     _all_databases(p)
@@ -125,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in commands.choices.values():
         _global_flags(sub, top=False)
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0-65535 (0: any free port)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
 
 
 def _all_databases(parser: argparse.ArgumentParser) -> None:

@@ -207,6 +207,13 @@ def test_the_command_serves_until_terminated(monitor: str) -> None:
             assert line.startswith("dbjobs serve: http://127.0.0.1:"), line
             url = line.split()[2]
             assert get(url + "ready")[0] == 200
+            # A second server on the same port: one line, exit 3.
+            port = url.rstrip("/").rpartition(":")[2]
+            taken = subprocess.run([*command[:-1], port], capture_output=True, text=True, timeout=30)
+            assert taken.returncode == 3 and taken.stdout == ""
+            assert (
+                taken.stderr == f"dbjobs: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+            )
         finally:
             proc.terminate()
             assert proc.wait(timeout=10) == 0
