@@ -15,6 +15,7 @@ from . import __version__, formats
 from .config import Config, Database, load_config
 from .connection import connect, describe, redact, resolve_dsn
 from .errors import (
+    ConfigError,
     ConnectError,
     DbjobsError,
     NotInstalledError,
@@ -181,7 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("status", "serve"):  # read what is installed: a broken config is only a warning
             return READERS[args.command](args, dsn, *status_config(args.config, schema=args.schema))
-        return COMMANDS[args.command](args, dsn, load_config(args.config, schema=args.schema))
+        config = load_config(args.config, schema=args.schema)
+        if config.databases and not args.dsn and args.command in ("run", "uninstall"):
+            names = ", ".join(d.name for d in config.databases)
+            raise ConfigError(
+                f"{args.command} works on one database and the configuration lists several ({names}): "
+                "name it with --dsn"
+            )
+        return COMMANDS[args.command](args, dsn, config)
     except (DbjobsError, psycopg.Error) as exc:
         if args.debug:
             raise

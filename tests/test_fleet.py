@@ -103,6 +103,14 @@ def test_three_databases_on_one_server(three: dict[str, AppDb], dbjobs_cli, writ
     found = dbjobs_cli("--dsn", three["eu"].cron_dsn, "status", "--all-databases", "--format", "json")
     databases = json.loads(found.out)["databases"]
     assert set(databases) == {app.database for app in three.values()}
+    # run and uninstall work on one database: with a list, they must be told which.
+    for command in ("run", "uninstall"):
+        refused = dbjobs_cli("--config", config, command, *(["--all"] if command == "run" else []))
+        assert refused.code == 2 and refused.out == ""
+        assert refused.err == (
+            f"dbjobs: error: {command} works on one database and the configuration lists several "
+            "(eu, us, apac): name it with --dsn\n"
+        )
     # --dsn on the command line names one database, whatever the configuration lists.
     one = json.loads(
         dbjobs_cli("--config", config, "--dsn", three["eu"].dsn, "status", "--format", "json").out
