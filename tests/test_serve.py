@@ -232,3 +232,28 @@ def test_without_the_status_runs_grant_the_page_says_so(fleet_app: AppDb, monito
         fleet_app.execute(revoke.format(sql.SQL("GRANT"), sql.SQL("TO"), sql.Identifier(str(role))))
     assert "recent runs not readable: GRANT EXECUTE ON FUNCTION dbjobs.status_runs(text[], integer)" in page
     assert page.count("no finished runs yet") == len(JOBS)
+
+
+def test_status_runs_is_bounded(fleet_app: AppDb, monitor: str) -> None:
+    """status_runs() returns at most status_runs_max (100) runs per job, whatever it is asked, newest
+    ones, oldest first; only for installed jobs."""
+    fleet_app.execute(
+        "INSERT INTO dbjobs.run (job, trigger, status, started_at, finished_at, rows_deleted)"
+        " SELECT 'password_resets', 'manual', 'succeeded', now() + i * interval '1 second',"
+        " now() + i * interval '1 second', i FROM generate_series(1, 150) AS i"
+    )
+    try:
+        with psycopg.connect(monitor) as conn:
+            rows = conn.execute(
+                "SELECT job, rows_deleted FROM dbjobs.status_runs(ARRAY['password_resets', 'nope'], 1000000)"
+            ).fetchall()
+            assert [r[1] for r in rows] == list(range(51, 151))
+            assert {r[0] for r in rows} == {"password_resets"}
+            assert conn.execute(
+                "SELECT count(*) FROM dbjobs.status_runs(ARRAY['password_resets'], -5)"
+            ).fetchone() == (0,)
+    finally:
+        fleet_app.execute(
+            "DELETE FROM dbjobs.run"
+            " WHERE job = 'password_resets' AND trigger = 'manual' AND started_at > now()"
+        )
