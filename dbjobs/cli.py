@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -11,9 +12,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import psycopg
 
 from . import __version__, formats
-from .config import Config, load_config
-from .connection import connect, redact, resolve_dsn
-from .errors import ConnectError, DbjobsError, PrerequisiteError, UnknownJobError, one_line_error
+from .config import Config, Database, load_config
+from .connection import connect, describe, redact, resolve_dsn
+from .errors import (
+    ConfigError,
+    ConnectError,
+    DbjobsError,
+    NotInstalledError,
+    PrerequisiteError,
+    UnknownJobError,
+    one_line_error,
+)
 from .health import StatusUnknown, read_status, status_config
 from .status import SEVERITY
 
@@ -79,12 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("install", help="create or update dbjobs' SQL objects and pg_cron jobs")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    _all_databases(p)
     p = commands.add_parser("status", help="report the scheduler and every installed job")
     p.add_argument("--format", choices=sorted(formats.FORMATS), default="text")
     p.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS",
         help="give up (unknown, exit 3) after this long, whatever the server does (default 10)",
     )  # fmt: skip
+    _all_databases(p)
+    p = commands.add_parser("serve", help="serve a status page, /ready, /metrics and /api/status over HTTP")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: loopback only)"
+    )
+    p.add_argument(
+        "--port", type=_port, default=8089, help="port to listen on (default 8089; 0: any free port)"
+    )
+    p.add_argument(
+        "--interval", type=_seconds, default=5.0, metavar="SECONDS",
+        help="read the databases at most once per this long, however many requests come (default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+        help="a reading that takes longer is unknown (503 on /ready) (default 5)",
+    )  # fmt: skip
+    _all_databases(p)
     p = commands.add_parser("run", help="run cleanups now")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--all", action="store_true", help="run every installed job")
@@ -95,10 +122,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="with --dry-run")
     commands.add_parser("uninstall", help="remove dbjobs' pg_cron jobs and schema")
-    commands.add_parser("doctor", help="check the prerequisites and say how to fix each")
+    _all_databases(commands.add_parser("doctor", help="check the prerequisites and say how to fix each"))
     for sub in commands.choices.values():
         _global_flags(sub, top=False)
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 0-65535 (0: any free port)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _all_databases(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--all-databases",
+        action="store_true",
+        help="every database of --dsn's server where dbjobs is installed (instead of [[databases]])",
+    )
+
+
+def _databases(args: argparse.Namespace, dsn: str, config: Config) -> list[Database] | None:
+    """The databases to work on, or None for the one of ``dsn``: --all-databases, else the
+    configuration's [[databases]] unless --dsn names one database on the command line."""
+    from .fleet import all_databases
+
+    if getattr(args, "all_databases", False):
+        found = all_databases(dsn, args.schema or config.schema, deadline=getattr(args, "timeout", 10.0))
+        if not found:
+            raise NotInstalledError(
+                f"dbjobs is installed in no database of {describe(dsn)}: run `dbjobs install`"
+            )
+        return found
+    if config.databases and not args.dsn:
+        return list(config.databases)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,9 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{_redact_argv(str(exc), argv)} (see `{hint}`)", code)
     dsn = resolve_dsn(args.dsn)
     try:
-        if args.command == "status":  # reads what is installed: a broken config file is only a warning
-            return _cmd_status(args, dsn, *status_config(args.config, schema=args.schema))
-        return COMMANDS[args.command](args, dsn, load_config(args.config, schema=args.schema))
+        if args.command in ("status", "serve"):  # read what is installed: a broken config is only a warning
+            return READERS[args.command](args, dsn, *status_config(args.config, schema=args.schema))
+        config = load_config(args.config, schema=args.schema)
+        if config.databases and not args.dsn and args.command in ("run", "uninstall"):
+            names = ", ".join(d.name for d in config.databases)
+            raise ConfigError(
+                f"{args.command} works on one database and the configuration lists several ({names}): "
+                "name it with --dsn"
+            )
+        return COMMANDS[args.command](args, dsn, config)
     except (DbjobsError, psycopg.Error) as exc:
         if args.debug:
             raise
@@ -143,9 +218,56 @@ def _explain(exc: DbjobsError | psycopg.Error) -> tuple[str, int]:
     return f"database error: {detail}", 1
 
 
+def _cmd_serve(args: argparse.Namespace, dsn: str, config: Config, config_problem: str | None) -> int:
+    import signal
+    import threading
+
+    from .serve import Cache, make_server, reader
+
+    databases = _databases(args, dsn, config)
+    single = databases is None
+    if databases is None:
+        databases = [Database(describe(dsn).rpartition("/")[2], dsn)]
+    read = reader(databases, config, deadline=args.timeout, config_problem=config_problem, schema=args.schema)
+    try:
+        server = make_server(Cache(read, args.interval), args.host, args.port, single=single)
+    except OSError as exc:
+        raise ConnectError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    host, port = str(server.server_address[0]), server.server_address[1]
+    print(f"dbjobs serve: http://{host}:{port}/ for {len(databases)} database(s)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    with server, contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
+def _each(databases: list[Database], work: Callable[[Database], tuple[list[str], int]]) -> int:
+    """Run ``work`` on each database in turn, its lines prefixed with the database's name; an error
+    in one is its line, and the others still run. The exit code is the highest."""
+    code = 0
+    for database in databases:
+        try:
+            lines, result = work(database)
+        except (DbjobsError, psycopg.Error) as exc:
+            message, result = _explain(exc)
+            lines = [f"error: {redact(message, database.dsn)}"]
+        for line in lines:
+            print(f"{database.name}: {line}", flush=True)
+        code = max(code, result)
+    return code
+
+
 def _cmd_install(args: argparse.Namespace, dsn: str, config: Config) -> int:
     from .install import install
 
+    databases = _databases(args, dsn, config)
+    if databases is not None:
+
+        def install_one(database: Database) -> tuple[list[str], int]:
+            with connect(database.dsn) as conn:
+                return install(conn, config, dry_run=args.dry_run).lines(), 0
+
+        return _each(databases, install_one)
     with connect(dsn) as conn:
         plan = install(conn, config, dry_run=args.dry_run)
     print("\n".join(plan.lines()))
@@ -162,6 +284,21 @@ def _cmd_uninstall(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, dsn: str, config: Config, config_problem: str | None) -> int:
+    try:
+        databases = _databases(args, dsn, config)
+    except DbjobsError as exc:  # the server to list could not be read: unknown, as below
+        return _fail(str(exc), EXIT_UNKNOWN)
+    if databases is not None:
+        from . import fleet
+
+        readings = fleet.read_all(
+            databases, config, deadline=args.timeout, schema=args.schema, config_problem=config_problem
+        )
+        if args.format == "text":
+            print(fleet.as_text(readings, colour=formats.use_colour(sys.stdout)))
+        else:
+            print(fleet.FORMATS[args.format](readings), end="" if args.format == "prometheus" else "\n")
+        return fleet.EXIT_CODE[fleet.overall(readings)]
     try:
         report = read_status(dsn, config, deadline=args.timeout, config_problem=config_problem)
     except StatusUnknown as exc:
@@ -239,6 +376,15 @@ def _run_with_progress(conn: psycopg.Connection[Any], config: Config, name: str)
 def _cmd_doctor(args: argparse.Namespace, dsn: str, config: Config) -> int:
     from .doctor import doctor, worst
 
+    databases = _databases(args, dsn, config)
+    if databases is not None:
+
+        def doctor_one(database: Database) -> tuple[list[str], int]:
+            with connect(database.dsn, autocommit=True) as conn:
+                found = doctor(conn, config)
+            return [line for check in found for line in check.lines()], SEVERITY[worst(found)]
+
+        return _each(databases, doctor_one)
     with connect(dsn, autocommit=True) as conn:
         checks = doctor(conn, config)
     print("\n".join(line for check in checks for line in check.lines()))
@@ -251,7 +397,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, str, Config], int]] = {
     "run": _cmd_run,
     "doctor": _cmd_doctor,
 }
-ALL_COMMANDS = (*COMMANDS, "status")
+READERS: dict[str, Callable[[argparse.Namespace, str, Config, str | None], int]] = {
+    "status": _cmd_status,
+    "serve": _cmd_serve,
+}
+ALL_COMMANDS = (*COMMANDS, *READERS)
 
 
 def _fail(message: str, code: int) -> int:

@@ -24,6 +24,8 @@ DEFAULT_BATCH_SIZE = 20000
 DEFAULT_SCHEMA = "dbjobs"
 BUILT_IN = "built-in defaults"
 JOB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+# A database's name in output and in Prometheus' database label.
+DATABASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Database:
+    """One of several databases that status, serve, install and doctor work on (``[[databases]]``)."""
+
+    name: str
+    dsn: str
+
+
+@dataclass(frozen=True)
 class Config:
     jobs: tuple[Job, ...]
     schema: str = DEFAULT_SCHEMA
@@ -60,6 +70,8 @@ class Config:
     max_runtime: str | None = None
     fail_after: int | None = None
     source: str = BUILT_IN
+    # The databases to work on, in order; empty: the one database of --dsn.
+    databases: tuple[Database, ...] = ()
 
     def job(self, name: str) -> Job | None:
         return next((j for j in self.jobs if j.name == name), None)
@@ -88,7 +100,7 @@ LEGACY_SCHEDULE_VARS = {
 
 TOP_KEYS = {
     "schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout", "jobs",
-    "max_runtime", "fail_after",
+    "max_runtime", "fail_after", "databases",
 }  # fmt: skip
 JOB_KEYS = {
     "table", "expires", "retain", "schedule", "batch_size", "where", "max_age", "partitions",
@@ -167,7 +179,7 @@ def parse_config(
     if unknown:
         problems.append(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
 
-    values: dict[str, Any] = {k: raw[k] for k in TOP_KEYS - {"jobs"} if k in raw}
+    values: dict[str, Any] = {k: raw[k] for k in TOP_KEYS - {"jobs", "databases"} if k in raw}
     legacy_enabled = env.get("JOB_ENABLE_CLEANUP")
     with collect_problems(problems):
         if legacy_enabled is not None:
@@ -217,9 +229,36 @@ def parse_config(
             own = jobs_raw.get(job.name, {}) if isinstance(jobs_raw, dict) else {}
             defaults = {k: v for k, v in inherited.items() if not (isinstance(own, dict) and k in own)}
             resolved.append(replace(_apply_legacy_schedule(job, env), **defaults))
+    databases = _parse_databases(source, raw.get("databases", []), problems)
     if problems:
         raise ConfigError(problems=problems)
-    return Config(jobs=tuple(resolved), source=source, **values)
+    return Config(jobs=tuple(resolved), source=source, databases=databases, **values)
+
+
+def _parse_databases(source: str, raw: Any, problems: list[str]) -> tuple[Database, ...]:
+    """``[[databases]]`` tables of ``name`` and ``dsn``: the names unique, each a plain label."""
+    if not isinstance(raw, list) or not all(isinstance(entry, dict) for entry in raw):
+        problems.append(f"{source}: databases must be [[databases]] tables, each with name and dsn")
+        return ()
+    found: list[Database] = []
+    for i, entry in enumerate(raw, 1):
+        where = f"{source}: databases entry {i}"
+        unknown = sorted(set(entry) - {"name", "dsn"})
+        if unknown:
+            problems.append(f"{where}: unknown key {unknown[0]!r} (known: dsn, name)")
+            continue
+        name, dsn = entry.get("name"), entry.get("dsn")
+        if not isinstance(name, str) or not DATABASE_NAME.match(name):
+            problems.append(
+                f"{where}: name must be 1-63 letters, digits, '_', '.' or '-' (it labels output and metrics)"
+            )
+        elif any(d.name == name for d in found):
+            problems.append(f"{where}: name {name!r} is used twice: give each database its own name")
+        elif not isinstance(dsn, str) or not dsn.strip():
+            problems.append(f"{where} ({name}): dsn must be a connection string or URL")
+        else:
+            found.append(Database(name, dsn))
+    return tuple(found)
 
 
 def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:

@@ -16,7 +16,7 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
               WHERE p.pronamespace = n.oid
                 AND p.proname NOT IN ('expired_rule', 'partition_expired', 'removable_partitions', 'start_run',
                                       'next_target', 'remove_partition', 'delete_batch', 'finish_run', 'run_job',
-                                      'status_history', 'status_cron', 'one_line_error', 'dry_run', 'expired_estimate',
+                                      'status_history', 'status_cron', 'status_runs', 'one_line_error', 'dry_run', 'expired_estimate',
                                       'sweep_batch', 'index_batch', 'delete_held', 'delete_counted',
                                       'cascade_counts', 'cascaded_since', 'count_batch', 'count_outcome'))
   FROM pg_namespace n

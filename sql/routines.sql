@@ -39,6 +39,8 @@
 --     A batch waits that way at most this many times, then leaves its rest.
 -- define status_window_max = 10000
 --     The most runs of pg_cron's history status_cron() reads, whatever it is asked.
+-- define status_runs_max = 100
+--     The most finished runs per job status_runs() returns, whatever it is asked.
 
 
 -- Routines are dropped and created again on every install or upgrade, in the
@@ -1174,6 +1176,33 @@ BEGIN
 END
 $$;
 
+
+-- The latest finished runs of each installed job named (per_job of them, at
+-- most @status_runs_max@): what `dbjobs serve` charts. One probe of the
+-- (job, id DESC) index per job, bounded whatever the caller asks or the size of
+-- the history; names that are not installed jobs return nothing. Grant it to a
+-- monitoring role with the other two.
+CREATE FUNCTION @schema@.status_runs(names text[], per_job integer)
+RETURNS TABLE (job text, started_at timestamptz, finished_at timestamptz, status text, rows_deleted bigint,
+               error text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT j.name, r.started_at, r.finished_at, r.status, r.rows_deleted, r.error
+      FROM @schema@.job j
+      CROSS JOIN LATERAL (
+            SELECT rr.started_at, rr.finished_at, rr.status, rr.rows_deleted, rr.error
+              FROM @schema@.run rr
+             WHERE rr.job = j.name AND rr.status IN ('succeeded', 'failed', 'partial')
+             ORDER BY rr.id DESC
+             LIMIT least(greatest(per_job, 0), @status_runs_max@)) r
+     WHERE j.name = ANY(names)
+     ORDER BY j.name, r.started_at;
+END
+$$;
 
 -- Jobs run as the role that installed them; nobody else may call these.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @schema@ FROM PUBLIC;

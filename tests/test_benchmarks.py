@@ -76,3 +76,11 @@ def test_cli_benchmark_smoke() -> None:
         "dbjobs status --format prometheus",
     ]
     assert lines[4].startswith("ratio: dbjobs status / import psycopg = ")
+
+
+def test_fleet_benchmark_smoke() -> None:
+    lines = bench("fleet.py", "--databases", "3", "--rounds", "1")
+    assert lines[0].startswith("3 databases on one local server")
+    assert lines[1].startswith("fleet.read_all (parallel)") and "per database" in lines[1]
+    assert lines[2].startswith("3 sequential calls") and "per database" in lines[2]
+    assert lines[3].startswith("ratio: sequential / parallel = ")
