@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, metavar="SECONDS",
         help="give up (unknown, exit 3) after this long, whatever the server does (default 10)",
     )  # fmt: skip
+    p.add_argument(
+        "--backlog", action="store_true",
+        help="also count each job's rows eligible for deletion now (reads each job's table)",
+    )  # fmt: skip
     p = commands.add_parser("run", help="run cleanups now")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--all", action="store_true", help="run every installed job")
@@ -163,7 +167,9 @@ def _cmd_uninstall(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
 def _cmd_status(args: argparse.Namespace, dsn: str, config: Config, config_problem: str | None) -> int:
     try:
-        report = read_status(dsn, config, deadline=args.timeout, config_problem=config_problem)
+        report = read_status(
+            dsn, config, deadline=args.timeout, config_problem=config_problem, backlog=args.backlog
+        )
     except StatusUnknown as exc:
         # Unknown, not failed: say so in the format the caller parses, then exit 3.
         reason = str(exc)
