@@ -284,10 +284,11 @@ $$;
 
 -- The rows a job's rule matches at `cutoff`, that is what a run would delete
 -- (the rows of partitions it would drop or detach included): counted up to
--- backlog_exact_max (a LIMIT: an index range read of that many rows at most),
--- beyond it the planner's estimate, and never less than what was counted.
--- Status reads it (status_backlog), and finish_run records it (backlog_left).
-CREATE FUNCTION @schema@.count_expired(j @schema@.job, cutoff timestamptz, OUT total bigint, OUT exact boolean)
+-- `cap` (a LIMIT: an index range read of that many rows at most), beyond it
+-- the planner's estimate, and never less than what was counted. Status reads
+-- it (status_backlog), and finish_run records it (backlog_left).
+CREATE FUNCTION @schema@.count_expired(j @schema@.job, cutoff timestamptz, cap bigint,
+                                       OUT total bigint, OUT exact boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
@@ -298,10 +299,10 @@ DECLARE
 BEGIN
     -- The predicate's names resolve as in every batch (see expired_rule).
     PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
-    EXECUTE format('SELECT count(*) FROM (SELECT FROM %s WHERE %s LIMIT @backlog_exact_max@ + 1) AS t', rel, rule)
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %s WHERE %s LIMIT %s) AS t', rel, rule, cap + 1)
        INTO total USING cutoff;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    exact := total <= @backlog_exact_max@;
+    exact := total <= cap;
     IF NOT exact THEN
         total := greatest(total, @schema@.expired_estimate(j, rel, cutoff)::bigint);
     END IF;
@@ -311,9 +312,12 @@ $$;
 
 -- What a run left: the rows its job's rule matches as it ends (count_expired
 -- at now() - retain), which status compares over the latest runs to tell a
--- backlog that grows. After a run that caught up it is one index probe that
--- finds little. NULL when it cannot be counted (the table dropped, say: the
--- run failed, and says why).
+-- backlog that grows. Counted up to one batch (batch_size, at most
+-- backlog_exact_max), so that it never costs a run more than the reads of
+-- one more batch (a run stopped at max_runtime overruns it by no more);
+-- after a run that caught up it is one index probe that finds little. NULL
+-- when it cannot be counted (the table dropped, say: the run failed, and
+-- says why).
 CREATE FUNCTION @schema@.backlog_left(job_name text)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -323,7 +327,8 @@ DECLARE
     j @schema@.job;
 BEGIN
     SELECT * INTO j FROM @schema@.job WHERE name = job_name;
-    RETURN (SELECT c.total FROM @schema@.count_expired(j, now() - j.retain) AS c);
+    RETURN (SELECT c.total
+              FROM @schema@.count_expired(j, now() - j.retain, least(j.batch_size, @backlog_exact_max@)) AS c);
 EXCEPTION WHEN OTHERS THEN
     RETURN NULL;
 END
@@ -1272,7 +1277,8 @@ BEGIN
             USING ERRCODE = 'undefined_object', HINT = 'Run `dbjobs install` to register it.';
     END IF;
     cutoff := now() - j.retain;
-    SELECT c.total, c.exact INTO backlog_rows, backlog_exact FROM @schema@.count_expired(j, cutoff) AS c;
+    SELECT c.total, c.exact INTO backlog_rows, backlog_exact
+      FROM @schema@.count_expired(j, cutoff, @backlog_exact_max@) AS c;
     IF backlog_rows > 0 THEN
         -- The oldest eligible row's expiry is, over the columns c, the least
         -- min(c) among the rows where c < cutoff and the predicate holds.

@@ -110,8 +110,8 @@ CREATE TABLE @schema@.run (
     cascade_tables     oid[],
     cascaded_rows      jsonb,
     -- The rows the job's rule matched as the run ended (what it left: exact up
-    -- to backlog_exact_max, else the planner's estimate; see backlog_left):
-    -- status warns when it grows from run to run.
+    -- to one batch, else the planner's estimate; see backlog_left): status
+    -- warns when it grows from run to run.
     backlog_after      bigint
 );
 -- Status reads "the latest run of each job" and "the latest success of each

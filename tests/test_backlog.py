@@ -236,7 +236,7 @@ def test_each_run_records_what_it_left_and_a_growing_backlog_warns(
 ) -> None:
     app = app_separate
     app.execute(TOKENS)
-    path = write_config(JOBS.replace('schedule = "0 3 * * *"', 'schedule = "0 3 * * *"\nbatch_size = 2'))
+    path = write_config(JOBS.replace('schedule = "0 3 * * *"', 'schedule = "0 3 * * *"\nbatch_size = 5'))
     assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
     # The application holds 3 expired rows: the run skips them, and records that it left them.
     with psycopg.connect(app.dsn) as holder:
@@ -248,7 +248,7 @@ def test_each_run_records_what_it_left_and_a_growing_backlog_warns(
     code, jobs = status_json(dbjobs_cli, app.dsn)
     assert (code, jobs["tokens"]["warnings"]) == (0, [])
 
-    # The history of a job falling behind: each run left more than the one before.
+    # The history of a job falling behind: each run left more than the one before (and a batch).
     app.execute(
         """
         INSERT INTO dbjobs.run (job, trigger, status, started_at, finished_at, backlog_after)

@@ -3,8 +3,7 @@
 -- Runs in install's transaction, before routines.sql is applied again: it
 -- must not call the routines (those of the previous version are still there).
 
--- The rows the job's rule matched as the run ended (exact up to
--- backlog_exact_max, else the planner's estimate; see backlog_left in
--- routines.sql): status warns when it grows from run to run. NULL for the runs
--- before this version.
+-- The rows the job's rule matched as the run ended (exact up to one batch,
+-- else the planner's estimate; see backlog_left in routines.sql): status
+-- warns when it grows from run to run. NULL for the runs before this version.
 ALTER TABLE @schema@.run ADD COLUMN backlog_after bigint;
