@@ -243,7 +243,7 @@ $$;
 
 
 -- Closes a run as succeeded (error IS NULL), failed, or partial (stopped at
--- max_runtime), records the rows it left eligible (backlog_left), releases its
+-- max_runtime), records what a run that succeeded left (backlog_left), releases its
 -- lock, counts its outcome, writes one line to the server log, and prunes this job's history older than history_retention (set
 -- by install), so that the history never grows without bound.
 CREATE FUNCTION @schema@.finish_run(run_id bigint, failure text, stopped boolean DEFAULT false)
@@ -261,7 +261,10 @@ BEGIN
        SET status = outcome,
            finished_at = clock_timestamp(),
            error = failure,
-           backlog_after = @schema@.backlog_left(run.job)
+           -- Partial and failed runs left rows below their cutoff, which only
+           -- a walk over what they deleted could count (see backlog_left).
+           backlog_after = CASE WHEN outcome = 'succeeded' AND cutoff IS NOT NULL
+                                THEN @schema@.backlog_left(job, cutoff) + rows_skipped END
      WHERE id = run_id
     RETURNING job, rows_deleted + partition_rows, extract(epoch FROM finished_at - started_at) * 1000
          INTO job_name, deleted, took;
@@ -284,11 +287,10 @@ $$;
 
 -- The rows a job's rule matches at `cutoff`, that is what a run would delete
 -- (the rows of partitions it would drop or detach included): counted up to
--- `cap` (a LIMIT: an index range read of that many rows at most), beyond it
--- the planner's estimate, and never less than what was counted. Status reads
--- it (status_backlog), and finish_run records it (backlog_left).
-CREATE FUNCTION @schema@.count_expired(j @schema@.job, cutoff timestamptz, cap bigint,
-                                       OUT total bigint, OUT exact boolean)
+-- backlog_exact_max (a LIMIT: an index range read of that many rows at most),
+-- beyond it the planner's estimate, and never less than what was counted.
+-- For status_backlog.
+CREATE FUNCTION @schema@.count_expired(j @schema@.job, cutoff timestamptz, OUT total bigint, OUT exact boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
@@ -299,10 +301,10 @@ DECLARE
 BEGIN
     -- The predicate's names resolve as in every batch (see expired_rule).
     PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
-    EXECUTE format('SELECT count(*) FROM (SELECT FROM %s WHERE %s LIMIT %s) AS t', rel, rule, cap + 1)
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %s WHERE %s LIMIT @backlog_exact_max@ + 1) AS t', rel, rule)
        INTO total USING cutoff;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    exact := total <= cap;
+    exact := total <= @backlog_exact_max@;
     IF NOT exact THEN
         total := greatest(total, @schema@.expired_estimate(j, rel, cutoff)::bigint);
     END IF;
@@ -310,25 +312,46 @@ END
 $$;
 
 
--- What a run left: the rows its job's rule matches as it ends (count_expired
--- at now() - retain), which status compares over the latest runs to tell a
--- backlog that grows. Counted up to one batch (batch_size, at most
--- backlog_exact_max), so that it never costs a run more than the reads of
--- one more batch (a run stopped at max_runtime overruns it by no more);
--- after a run that caught up it is one index probe that finds little. NULL
--- when it cannot be counted (the table dropped, say: the run failed, and
--- says why).
-CREATE FUNCTION @schema@.backlog_left(job_name text)
+-- What a run that succeeded left, for finish_run to record (run.backlog_after)
+-- and status to compare over the latest runs, to tell a backlog that grows:
+-- the rows that expired while it ran (its rule matches them at now() - retain
+-- but not at the run's cutoff, `since`), to which finish_run adds the rows the
+-- run left locked (rows_skipped). Everything below the cutoff the run has been
+-- through: counting there would walk every row it just deleted (dead index
+-- entries and heap tuples until VACUUM), where this reads only an index range
+-- per expiry column above the cutoff. Counted up to one batch (batch_size, at
+-- most backlog_exact_max), beyond it the planner's estimate: never more than
+-- the reads of one more batch. NULL when it cannot be counted.
+CREATE FUNCTION @schema@.backlog_left(job_name text, since timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $$
 DECLARE
-    j @schema@.job;
+    j     @schema@.job;
+    rel   text;
+    range text;
+    cap   bigint;
+    total bigint;
+    plan  json;
 BEGIN
-    SELECT * INTO j FROM @schema@.job WHERE name = job_name;
-    RETURN (SELECT c.total
-              FROM @schema@.count_expired(j, now() - j.retain, least(j.batch_size, @backlog_exact_max@)) AS c);
+    SELECT * INTO STRICT j FROM @schema@.job WHERE name = job_name;
+    rel := format('%I.%I', j.table_schema, j.table_name);
+    cap := least(j.batch_size, @backlog_exact_max@);
+    -- As expired_rule, with each column's comparison narrowed to [since, $1).
+    SELECT '(' || string_agg(format('(%1$I >= $2 AND %1$I < $1)', c), ' OR ') || ')'
+           || coalesce(E' AND (' || j.predicate || E'\n)', '')
+      INTO range FROM unnest(j.expires) AS c;
+    PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %s WHERE %s LIMIT %s) AS t', rel, range, cap + 1)
+       INTO total USING now() - j.retain, since;
+    IF total > cap THEN
+        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM %s WHERE %s', rel, range)
+           INTO plan USING now() - j.retain, since;
+        total := greatest(total, (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8::bigint);
+    END IF;
+    RETURN total;
 EXCEPTION WHEN OTHERS THEN
     RETURN NULL;
 END
@@ -1277,8 +1300,7 @@ BEGIN
             USING ERRCODE = 'undefined_object', HINT = 'Run `dbjobs install` to register it.';
     END IF;
     cutoff := now() - j.retain;
-    SELECT c.total, c.exact INTO backlog_rows, backlog_exact
-      FROM @schema@.count_expired(j, cutoff, @backlog_exact_max@) AS c;
+    SELECT c.total, c.exact INTO backlog_rows, backlog_exact FROM @schema@.count_expired(j, cutoff) AS c;
     IF backlog_rows > 0 THEN
         -- The oldest eligible row's expiry is, over the columns c, the least
         -- min(c) among the rows where c < cutoff and the predicate holds.

@@ -109,9 +109,9 @@ CREATE TABLE @schema@.run (
     -- cascade_counts).
     cascade_tables     oid[],
     cascaded_rows      jsonb,
-    -- The rows the job's rule matched as the run ended (what it left: exact up
-    -- to one batch, else the planner's estimate; see backlog_left): status
-    -- warns when it grows from run to run.
+    -- What a run that succeeded left: the rows that expired while it ran plus
+    -- those it left locked (exact up to one batch, else the planner's
+    -- estimate; see backlog_left). Status warns when it grows from run to run.
     backlog_after      bigint
 );
 -- Status reads "the latest run of each job" and "the latest success of each

@@ -3,7 +3,8 @@
 -- Runs in install's transaction, before routines.sql is applied again: it
 -- must not call the routines (those of the previous version are still there).
 
--- The rows the job's rule matched as the run ended (exact up to one batch,
--- else the planner's estimate; see backlog_left in routines.sql): status
--- warns when it grows from run to run. NULL for the runs before this version.
+-- What a run that succeeded left: the rows that expired while it ran plus those
+-- it left locked (exact up to one batch, else the planner's estimate; see
+-- backlog_left in routines.sql). Status warns when it grows from run to run.
+-- NULL for the runs before this version.
 ALTER TABLE @schema@.run ADD COLUMN backlog_after bigint;
