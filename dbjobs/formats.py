@@ -300,7 +300,9 @@ def as_text(report: Report, colour: bool = False) -> str:
     ]
     lines += [f"{j['name']}: {warning}" for j in data["jobs"] for warning in j["warnings"]]
     if report.backlog:
-        lines += [f"{j['name']}: {_backlog(j)}" for j in data["jobs"] if "backlog_rows" in j]
+        # Cleanup jobs only: dbjobs' _maintenance job prunes pg_cron's history, it has no backlog.
+        counted = [j for j in data["jobs"] if j["backlog_rows"] is not None or j["backlog_error"]]
+        lines += [f"{j['name']}: {_backlog(j)}" for j in counted]
     lines += [f"drift: {line}" for line in data["drift"]]
     return "\n".join(lines)
 

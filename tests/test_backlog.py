@@ -106,6 +106,7 @@ def test_backlog_exact_below_the_threshold_estimated_above(
         in text
     )
     assert f"big: backlog about {big['backlog_rows']} rows (estimated), the oldest expired " in text
+    assert "_maintenance: backlog" not in text  # dbjobs' own pg_cron job has none
     prometheus = dbjobs_cli("--dsn", app.dsn, "status", "--backlog", "--format", "prometheus").out
     assert 'dbjobs_job_backlog_rows{job="tokens"} 39.0' in prometheus
     assert 'dbjobs_job_backlog_exact{job="tokens"} 1.0' in prometheus
@@ -124,6 +125,7 @@ def test_backlog_exact_below_the_threshold_estimated_above(
     assert app.execute("SELECT backlog_after FROM dbjobs.run WHERE job = 'tokens'") == [(0,)]
     code, jobs = status_json(dbjobs_cli, app.dsn, "--backlog")
     assert (jobs["tokens"]["backlog_rows"], jobs["tokens"]["oldest_expired_at"]) == (0, None)
+    assert "tokens: backlog 0 rows\n" in dbjobs_cli("--dsn", app.dsn, "status", "--backlog").out + "\n"
 
 
 def test_partitioned_backlog_counts_the_partitions_a_run_would_drop(
