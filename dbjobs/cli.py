@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, metavar="SECONDS",
         help="give up (unknown, exit 3) after this long, whatever the server does (default 10)",
     )  # fmt: skip
+    p.add_argument(
+        "--backlog", action="store_true",
+        help="also count each job's rows eligible for deletion now (reads each job's table)",
+    )  # fmt: skip
     _all_databases(p)
     p = commands.add_parser("serve", help="serve a status page, /ready, /metrics and /api/status over HTTP")
     p.add_argument(
@@ -292,7 +296,12 @@ def _cmd_status(args: argparse.Namespace, dsn: str, config: Config, config_probl
         from . import fleet
 
         readings = fleet.read_all(
-            databases, config, deadline=args.timeout, schema=args.schema, config_problem=config_problem
+            databases,
+            config,
+            deadline=args.timeout,
+            schema=args.schema,
+            config_problem=config_problem,
+            backlog=args.backlog,
         )
         if args.format == "text":
             print(fleet.as_text(readings, colour=formats.use_colour(sys.stdout)))
@@ -300,7 +309,9 @@ def _cmd_status(args: argparse.Namespace, dsn: str, config: Config, config_probl
             print(fleet.FORMATS[args.format](readings), end="" if args.format == "prometheus" else "\n")
         return fleet.EXIT_CODE[fleet.overall(readings)]
     try:
-        report = read_status(dsn, config, deadline=args.timeout, config_problem=config_problem)
+        report = read_status(
+            dsn, config, deadline=args.timeout, config_problem=config_problem, backlog=args.backlog
+        )
     except StatusUnknown as exc:
         # Unknown, not failed: say so in the format the caller parses, then exit 3.
         reason = str(exc)

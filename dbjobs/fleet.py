@@ -101,7 +101,13 @@ def in_parallel(calls: Sequence[Callable[[], T]], deadline: float) -> list[T | B
 
 
 def read_one(
-    database: Database, config: Config, *, deadline: float, runs: int = 0, schema: str | None = None
+    database: Database,
+    config: Config,
+    *,
+    deadline: float,
+    runs: int = 0,
+    schema: str | None = None,
+    backlog: bool = False,
 ) -> Reading:
     """Connect to one database and read its status (and with ``runs``, each job's latest runs)."""
     with connect(
@@ -110,7 +116,7 @@ def read_one(
         connect_timeout=max(1, int(deadline)),
         tcp_user_timeout=int(deadline * 1000),
     ) as conn:
-        report = status(conn, config, schema=schema)
+        report = status(conn, config, schema=schema, backlog=backlog)
         reading = Reading(database, report)
         if runs and report.installed:
             reading.runs, reading.runs_problem = _recent_runs(conn, report, runs)
@@ -148,10 +154,12 @@ def read_all(
     runs: int = 0,
     schema: str | None = None,
     config_problem: str | None = None,
+    backlog: bool = False,
 ) -> list[Reading]:
     """Every database's status, read in parallel, all within ``deadline`` seconds."""
     calls = [
-        (lambda d=d: read_one(d, config, deadline=deadline, runs=runs, schema=schema)) for d in databases
+        (lambda d=d: read_one(d, config, deadline=deadline, runs=runs, schema=schema, backlog=backlog))
+        for d in databases
     ]
     readings = []
     for database, outcome in zip(databases, in_parallel(calls, deadline), strict=True):

@@ -170,6 +170,26 @@ def as_prometheus(report: Report | None) -> str:
     warned = gauge(
         "dbjobs_job_warning", "1 when the job warns although its state passes (see status)", per_job
     )
+    if report.backlog:
+        backlog = gauge(
+            "dbjobs_job_backlog_rows",
+            "Rows eligible for deletion now (exact up to a threshold, else the planner's estimate)",
+            per_job,
+        )
+        exact = gauge(
+            "dbjobs_job_backlog_exact", "1 when dbjobs_job_backlog_rows was counted exactly", per_job
+        )
+        oldest = gauge(
+            "dbjobs_job_oldest_expired_timestamp_seconds",
+            "Expiry time of the oldest row eligible for deletion (its earliest expires column)",
+            per_job,
+        )
+        for job in report.jobs:
+            if job.backlog_rows is not None:
+                backlog.labels(job.name).set(job.backlog_rows)
+                exact.labels(job.name).set(int(bool(job.backlog_exact)))
+            if job.oldest_expired_at is not None:
+                oldest.labels(job.name).set(_seconds(job.oldest_expired_at))
     # A counter family, not Counter: no _created sample stamped with the time of this scrape.
     runs = CounterMetricFamily(
         "dbjobs_job_runs", "Runs of the job by outcome, since install", labels=("job", "outcome")
@@ -279,8 +299,23 @@ def as_text(report: Report, colour: bool = False) -> str:
         if j["running_since"]
     ]
     lines += [f"{j['name']}: {warning}" for j in data["jobs"] for warning in j["warnings"]]
+    if report.backlog:
+        # Cleanup jobs only: dbjobs' _maintenance job prunes pg_cron's history, it has no backlog.
+        counted = [j for j in data["jobs"] if j["backlog_rows"] is not None or j["backlog_error"]]
+        lines += [f"{j['name']}: {_backlog(j)}" for j in counted]
     lines += [f"drift: {line}" for line in data["drift"]]
     return "\n".join(lines)
+
+
+def _backlog(job: dict[str, Any]) -> str:
+    """One job's backlog, as ``status --backlog`` prints it."""
+    if job["backlog_rows"] is None:
+        return f"backlog unknown: {job['backlog_error']}"
+    rows = job["backlog_rows"]
+    line = f"backlog {rows} rows" if job["backlog_exact"] else f"backlog about {rows} rows (estimated)"
+    if job["oldest_expired_at"]:
+        line += f", the oldest expired {_short(job['oldest_expired_at'])}"
+    return line
 
 
 def _short(timestamp: str | None) -> str:

@@ -53,6 +53,7 @@ def read_status(
     connect_timeout: int = 5,
     config_problem: str | None = None,
     schema: str | None = None,
+    backlog: bool = False,
 ) -> Report:
     """Connect and read the status, or raise StatusUnknown: never waits past ``deadline``.
 
@@ -68,7 +69,7 @@ def read_status(
             with connect(
                 dsn, autocommit=True, connect_timeout=connect_timeout, tcp_user_timeout=int(deadline * 1000)
             ) as conn:
-                outcome["report"] = status(conn, config, schema=schema)
+                outcome["report"] = status(conn, config, schema=schema, backlog=backlog)
         except (DbjobsError, psycopg.Error) as exc:
             outcome["error"] = exc
         except BaseException as exc:  # a bug: raised again in the caller's thread, not lost
@@ -91,7 +92,12 @@ def read_status(
 
 
 def readiness(
-    dsn: str | None = None, config: Config | None = None, *, deadline: float = 5.0, schema: str | None = None
+    dsn: str | None = None,
+    config: Config | None = None,
+    *,
+    deadline: float = 5.0,
+    schema: str | None = None,
+    backlog: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """Check dbjobs now: 200 for pass and warn, 503 for fail or when the status cannot be read.
 
@@ -101,6 +107,8 @@ def readiness(
     as the CLI finds it, if any (a difference from what is installed is a
     warning). Never takes longer than ``deadline`` seconds. It opens a
     connection per call (tens of milliseconds): fine for a probe every few seconds.
+    ``backlog``: count each job's backlog too (status(backlog=True)), which
+    queries each job's table: off unless asked.
     """
     resolved = resolve_dsn(dsn)
     problem = None
@@ -108,7 +116,13 @@ def readiness(
         config, problem = status_config(schema=schema)
     try:
         report = read_status(
-            resolved, config, deadline=deadline, connect_timeout=3, config_problem=problem, schema=schema
+            resolved,
+            config,
+            deadline=deadline,
+            connect_timeout=3,
+            config_problem=problem,
+            schema=schema,
+            backlog=backlog,
         )
     except DbjobsError as exc:
         return 503, unknown_health(str(exc))

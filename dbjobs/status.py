@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +32,19 @@ SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
 # stays cheap with millions of rows in cron.job_run_details.
 CRON_RUN_WINDOW = 2000
 STATEMENT_TIMEOUT = "2s"
+# status --backlog: each job's count may take this long (a statement timeout),
+# and all of them together this long; a job past either reports its backlog
+# unknown, with the reason, and status goes on.
+BACKLOG_TIMEOUT = 1.0
+BACKLOG_BUDGET = 5.0
+# A backlog that grew over this many consecutive finished runs is a warning.
+BACKLOG_GROWTH_RUNS = 3
+# pg_cron gives up on a run that has not connected within 10 s (its task start
+# timeout): a run still starting, connecting or sending this long after it was
+# due (or grace, when that is shorter) means its scheduler is stuck.
+STUCK_AFTER = timedelta(minutes=2)
+# The backlog's keys, in the JSON only when status was asked for it.
+BACKLOG_KEYS = ("backlog_rows", "backlog_exact", "oldest_expired_at", "backlog_error")
 
 
 @dataclass
@@ -64,6 +79,13 @@ class JobStatus:
     runs_total: dict[str, int] | None = None
     # Why the job is warn (or fail) although its state alone would pass.
     warnings: list[str] = field(default_factory=list)
+    # status(backlog=True): the rows eligible for deletion now (exact up to a
+    # threshold, else the planner's estimate: backlog_exact says which), the
+    # expiry time of the oldest of them, or why they could not be read.
+    backlog_rows: int | None = None
+    backlog_exact: bool | None = None
+    oldest_expired_at: datetime | None = None
+    backlog_error: str | None = None
 
 
 @dataclass
@@ -91,10 +113,15 @@ class Report:
     # How the configuration found beside the caller differs from what is
     # installed (never how status finds its jobs: those are the installed ones).
     drift: list[str] = field(default_factory=list)
+    backlog: bool = False  # the jobs' backlog was read (status(backlog=True))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["installed"]
+        if not data.pop("backlog"):
+            for job in data["jobs"]:
+                for key in BACKLOG_KEYS:
+                    del job[key]
         result: dict[str, Any] = _jsonable(data)
         return result
 
@@ -141,6 +168,15 @@ class JobFacts:
     running_rows: int | None = None
     max_runtime: timedelta | None = None
     runs_total: dict[str, int] | None = None
+    # What its latest finished runs left (backlog_after), newest first, and its batch_size.
+    recent_backlog: tuple[int | None, ...] = ()
+    batch_size: int | None = None
+    # Its latest pg_cron run, when still starting, connecting or sending: that
+    # status and its start_time (pg_cron sets none before running); and the end
+    # of its latest finished pg_cron run, after which that one was due.
+    cron_pending: str | None = None
+    cron_pending_start: datetime | None = None
+    cron_previous_end: datetime | None = None
 
 
 # A job whose latest runs all stopped at max_runtime never catches up.
@@ -175,6 +211,7 @@ class InstalledJob:
     max_runtime: timedelta | None
     fail_after: int | None
     runs: dict[str, int] | None
+    recent_backlog: list[int | None] | None
 
     @property
     def schedule(self) -> str:
@@ -197,7 +234,11 @@ class InstalledJob:
 
 
 def status(
-    conn: psycopg.Connection[Any], config: Config | None = None, *, schema: str | None = None
+    conn: psycopg.Connection[Any],
+    config: Config | None = None,
+    *,
+    schema: str | None = None,
+    backlog: bool = False,
 ) -> Report:
     """The state of every job installed in ``schema``, and the overall pass / warn / fail.
 
@@ -209,6 +250,10 @@ def status(
     Bounded in time: each statement may take at most STATEMENT_TIMEOUT. Works
     for the role that installed dbjobs and for a monitoring role granted the
     status functions (see sql/routines.sql).
+
+    ``backlog``: also count each job's rows eligible for deletion now (see
+    read_backlog), a query on each job's table: left out by default, so that a
+    readiness probe reads only dbjobs' own history.
     """
     config = config or Config(jobs=())
     schema = schema or config.schema
@@ -228,17 +273,19 @@ def status(
             jobnames = {site.job_name(name): name for name in names}
             registered: dict[str, cron.CronJob] | None = {}
             cron_runs: dict[str, LastRun] = {}
+            pending: dict[str, tuple[str, datetime | None]] = {}
             if not installed:
                 pass
             elif site.same_database:
-                registered, cron_runs = _cron_facts(conn, schema, jobnames)
+                registered, cron_runs, pending = _cron_facts(conn, schema, jobnames)
             elif direct and site.usage:
                 registered = site.jobs()
-                cron_runs = _cron_latest(site.conn, registered)
+                cron_runs, pending = _cron_latest(site.conn, registered)
             else:  # a monitoring role cannot see pg_cron's rows in another database
                 registered, cron_runs = None, {}
             database = site.database
         drift = _drift(conn, config, rows, enabled) if compare and installed else []
+    backlogs = read_backlog(conn, schema, [row.name for row in jobs_here]) if backlog else {}
 
     known = registered is not None
     jobs = []
@@ -260,19 +307,25 @@ def status(
             row.running_rows,
             row.max_runtime,
             row.runs,
+            recent_backlog=tuple(row.recent_backlog or ()),
+            batch_size=(row.definition or {}).get("batch_size"),
+            cron_pending=pending[row.name][0] if row.name in pending else None,
+            cron_pending_start=pending[row.name][1] if row.name in pending else None,
+            cron_previous_end=cron_run.finished_at if cron_run else None,
         )
-        jobs.append(
-            job_status(
-                row.name,
-                row.schedule,
-                facts,
-                now,
-                grace,
-                enabled=enabled,
-                known=known,
-                timezone=scheduler.timezone,
-            )
+        job = job_status(
+            row.name,
+            row.schedule,
+            facts,
+            now,
+            grace,
+            enabled=enabled,
+            known=known,
+            timezone=scheduler.timezone,
         )
+        if row.name in backlogs:
+            job.backlog_rows, job.backlog_exact, job.oldest_expired_at, job.backlog_error = backlogs[row.name]
+        jobs.append(job)
 
     # dbjobs' maintenance job runs plain SQL, so pg_cron's history is its only
     # history, and only its latest 2,000 runs are read: it is reported ok or
@@ -300,7 +353,7 @@ def status(
         overall = max(overall, "warn", key=SEVERITY.__getitem__)
     if not installed or scheduler.running is False:
         overall = "fail"
-    return Report(overall, now, database, scheduler, jobs, installed, schema, drift)
+    return Report(overall, now, database, scheduler, jobs, installed, schema, drift, backlog)
 
 
 def job_status(
@@ -374,6 +427,12 @@ def job_status(
                 f"({_span(facts.max_runtime)}) plus grace ({_span(grace)}): it is not stopping between "
                 "batches (one batch or a lock wait is holding it)"
             )
+    growth = _backlog_growth(facts)
+    if growth and state not in ("inactive", "missing"):
+        warnings.append(growth)
+    stuck = _stuck(schedule_, facts, now, grace, timezone)
+    if stuck and state not in ("inactive", "missing"):
+        warnings.append(stuck)
     if warnings and job_status_ == "pass":
         job_status_ = "warn"
 
@@ -405,6 +464,59 @@ def job_status(
         max_runtime_seconds=facts.max_runtime.total_seconds() if facts.max_runtime is not None else None,
         runs_total=facts.runs_total,
         warnings=warnings,
+    )
+
+
+def _backlog_growth(facts: JobFacts) -> str | None:
+    """Why the job is not keeping up, when each of its latest BACKLOG_GROWTH_RUNS finished runs
+    left more rows eligible than the one before, the newest at least a batch of them."""
+    left = facts.recent_backlog[:BACKLOG_GROWTH_RUNS]
+    if len(left) < BACKLOG_GROWTH_RUNS or any(n is None for n in left):
+        return None
+    counts = [n for n in left if n is not None]
+    if not all(newer > older for newer, older in itertools.pairwise(counts)):
+        return None
+    if counts[0] < (facts.batch_size or 1):
+        return None  # less than the next run's first batch clears: noise (rows locked, say)
+    return (
+        f"the backlog grew over the last {len(counts)} runs (they left "
+        f"{', '.join(str(n) for n in reversed(counts))} rows eligible, newest last): the job is not "
+        "keeping up (run it more often, or raise batch_size or max_runtime)"
+    )
+
+
+def _stuck(schedule_: str, facts: JobFacts, now: datetime, grace: timedelta, timezone: str) -> str | None:
+    """Why pg_cron looks stuck, when its latest run of the job is still starting, connecting or
+    sending longer than STUCK_AFTER (or grace, when shorter) after it was due.
+
+    pg_cron stamps no time on a run before it is running, so it was due, at the
+    latest, at the first fire time after the job's previous run ended (its
+    previous pg_cron run, or dbjobs' latest run, or the install, whichever is
+    last): the time it has waited is at least the time since then.
+    """
+    if facts.cron_pending is None:
+        return None
+    since = facts.cron_pending_start
+    if since is None:
+        ends = [
+            t
+            for t in (
+                facts.cron_previous_end,
+                facts.last_run.finished_at if facts.last_run else None,
+                facts.installed_at,
+            )
+            if t is not None
+        ]
+        if not ends or not schedule_:
+            return None
+        since = schedule.next_fire(schedule_, max(ends), timezone)
+    bound = min(STUCK_AFTER, grace)
+    if now - since <= bound:
+        return None
+    return (
+        f"pg_cron's run of it has been {facts.cron_pending} since {_moment(since)} or earlier, longer "
+        f"than {_span(bound)}: pg_cron gives up on a connection after 10 s, so its scheduler is stuck "
+        "(pg_stat_activity shows what the 'pg_cron scheduler' waits for)"
     )
 
 
@@ -440,6 +552,53 @@ def _bound(conn: psycopg.Connection[Any]) -> None:
         f"SET {'LOCAL ' if conn.info.transaction_status else ''}statement_timeout = '{STATEMENT_TIMEOUT}';"
         f"SET {'LOCAL ' if conn.info.transaction_status else ''}max_parallel_workers_per_gather = 0"
     )
+
+
+Backlog = tuple[int | None, bool | None, datetime | None, str | None]
+
+
+def read_backlog(conn: psycopg.Connection[Any], schema: str, names: list[str]) -> dict[str, Backlog]:
+    """Each job's backlog, through the SECURITY DEFINER status_backlog() (sql/routines.sql):
+    (rows eligible now, whether counted exactly, the oldest one's expiry time, None), or
+    (None, None, None, why not).
+
+    One statement per job, each in a savepoint with a statement timeout of
+    BACKLOG_TIMEOUT, all of them within BACKLOG_BUDGET: a job whose table is too
+    slow to count (no index on an expiry column) is reported unknown, and the
+    others still are counted.
+    """
+    found: dict[str, Backlog] = {}
+    call = sql.SQL("SELECT * FROM {}(%s)").format(sql.Identifier(schema, "status_backlog"))
+    started = time.monotonic()
+    with conn.transaction():
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        for name in names:
+            timeout = min(BACKLOG_TIMEOUT, BACKLOG_BUDGET - (time.monotonic() - started))
+            if timeout < 0.01:
+                why = f"not counted: status' {BACKLOG_BUDGET:g} s for the backlog went to the jobs before it"
+                found[name] = (None, None, None, why)
+                continue
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL statement_timeout = {round(timeout * 1000)}")
+                    row = conn.execute(call, [name]).fetchone()
+            except psycopg.errors.QueryCanceled:
+                why = (
+                    f"not counted within {timeout:g} s: it reads too much of the table "
+                    "(`dbjobs doctor` checks for an index on each expires column)"
+                )
+                found[name] = (None, None, None, why)
+                continue
+            except psycopg.errors.InsufficientPrivilege as exc:
+                grant = f"GRANT EXECUTE ON FUNCTION {_qualified(schema, 'status_backlog')}(text)"
+                found[name] = (None, None, None, f"{one_line_error(str(exc))}: {grant} to this role")
+                continue
+            except psycopg.Error as exc:
+                found[name] = (None, None, None, one_line_error(str(exc)))
+                continue
+            assert row is not None
+            found[name] = (row[0], row[1], row[2], None)
+    return found
 
 
 def _installed(conn: psycopg.Connection[Any], schema: str) -> tuple[bool, bool]:
@@ -527,39 +686,52 @@ def _qualified(schema: str, name: str) -> str:
     return sql.Identifier(schema, name).as_string(None)
 
 
+Pending = dict[str, tuple[str, datetime | None]]
+
+
 def _cron_facts(
     conn: psycopg.Connection[Any], schema: str, jobnames: dict[str, str]
-) -> tuple[dict[str, cron.CronJob], dict[str, LastRun]]:
-    """pg_cron's jobs and latest runs, through the SECURITY DEFINER status function (same database)."""
+) -> tuple[dict[str, cron.CronJob], dict[str, LastRun], Pending]:
+    """pg_cron's jobs, latest finished runs and runs not yet running (starting, connecting,
+    sending), through the SECURITY DEFINER status function (same database)."""
     rows = conn.execute(
         sql.SQL("SELECT * FROM {}(%s, %s)").format(sql.Identifier(schema, "status_cron")),
         [list(jobnames), CRON_RUN_WINDOW],
     ).fetchall()
-    registered, runs = {}, {}
+    registered, runs, pending = {}, {}, {}
     database = conn.info.dbname
-    for jobid, jobname, schedule_, active, username, role_exists, run_status, message, start, end in rows:
+    for row in rows:
+        jobid, jobname, schedule_, active, username, role_exists, run_status, message, start, end = row[:10]
         name = jobnames[jobname]
         registered[name] = cron.CronJob(
             jobid, jobname, schedule_, "", database, active, username, role_exists
         )
         if run_status is not None:
             runs[name] = _last_run(run_status, message, start, end)
-    return registered, runs
+        if row[10] is not None:
+            pending[name] = (row[10], row[11])
+    return registered, runs, pending
 
 
-def _cron_latest(conn: psycopg.Connection[Any], registered: dict[str, cron.CronJob]) -> dict[str, LastRun]:
+def _cron_latest(
+    conn: psycopg.Connection[Any], registered: dict[str, cron.CronJob]
+) -> tuple[dict[str, LastRun], Pending]:
     """The same as _cron_facts' runs, read directly where pg_cron lives in another database."""
     if not registered:
-        return {}
+        return {}, {}
     last = conn.execute(sqlfiles.query("status.sql", "cron_last_runid")).fetchone()
     by_id = {job.jobid: name for name, job in registered.items()}
     rows = conn.execute(
         sqlfiles.query("status.sql", "cron_latest_runs"),
         {"floor": (last[0] if last else 0) - CRON_RUN_WINDOW, "jobids": list(by_id)},
     ).fetchall()
-    return {
-        by_id[jobid]: _last_run(status_, message, start, end) for jobid, status_, message, start, end in rows
-    }
+    runs, pending = {}, {}
+    for jobid, status_, message, start, end, pending_status, pending_start in rows:
+        if status_ is not None:
+            runs[by_id[jobid]] = _last_run(status_, message, start, end)
+        if pending_status is not None:
+            pending[by_id[jobid]] = (pending_status, pending_start)
+    return runs, pending
 
 
 def _last_run(run_status: str, message: str | None, start: datetime | None, end: datetime | None) -> LastRun:

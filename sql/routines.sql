@@ -41,6 +41,8 @@
 --     The most runs of pg_cron's history status_cron() reads, whatever it is asked.
 -- define status_runs_max = 100
 --     The most finished runs per job status_runs() returns, whatever it is asked.
+-- define backlog_exact_max = 10000
+--     A job's backlog is counted exactly up to this many rows, else estimated.
 
 
 -- Routines are dropped and created again on every install or upgrade, in the
@@ -243,8 +245,8 @@ $$;
 
 
 -- Closes a run as succeeded (error IS NULL), failed, or partial (stopped at
--- max_runtime), releases its lock, counts its outcome, writes one line to the
--- server log, and prunes this job's history older than history_retention (set
+-- max_runtime), records what a run that succeeded left (backlog_left), releases its
+-- lock, counts its outcome, writes one line to the server log, and prunes this job's history older than history_retention (set
 -- by install), so that the history never grows without bound.
 CREATE FUNCTION @schema@.finish_run(run_id bigint, failure text, stopped boolean DEFAULT false)
 RETURNS void
@@ -260,7 +262,11 @@ BEGIN
     UPDATE @schema@.run
        SET status = outcome,
            finished_at = clock_timestamp(),
-           error = failure
+           error = failure,
+           -- Partial and failed runs left rows below their cutoff, which only
+           -- a walk over what they deleted could count (see backlog_left).
+           backlog_after = CASE WHEN outcome = 'succeeded' AND cutoff IS NOT NULL
+                                THEN @schema@.backlog_left(job, cutoff) + rows_skipped END
      WHERE id = run_id
     RETURNING job, rows_deleted + partition_rows, extract(epoch FROM finished_at - started_at) * 1000
          INTO job_name, deleted, took;
@@ -277,6 +283,79 @@ BEGIN
        AND started_at < now() - (SELECT value::interval FROM @schema@.meta WHERE key = 'history_retention')
        AND id < coalesce((SELECT max(id) FROM @schema@.run WHERE job = job_name AND status = 'succeeded'),
                          run_id);
+END
+$$;
+
+
+-- The rows a job's rule matches at `cutoff`, that is what a run would delete
+-- (the rows of partitions it would drop or detach included): counted up to
+-- backlog_exact_max (a LIMIT: an index range read of that many rows at most),
+-- beyond it the planner's estimate, and never less than what was counted.
+-- For status_backlog.
+CREATE FUNCTION @schema@.count_expired(j @schema@.job, cutoff timestamptz, OUT total bigint, OUT exact boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    rel  text := format('%I.%I', j.table_schema, j.table_name);
+    rule text := @schema@.expired_rule(j);
+BEGIN
+    -- The predicate's names resolve as in every batch (see expired_rule).
+    PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %s WHERE %s LIMIT @backlog_exact_max@ + 1) AS t', rel, rule)
+       INTO total USING cutoff;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    exact := total <= @backlog_exact_max@;
+    IF NOT exact THEN
+        total := greatest(total, @schema@.expired_estimate(j, rel, cutoff)::bigint);
+    END IF;
+END
+$$;
+
+
+-- What a run that succeeded left, for finish_run to record (run.backlog_after)
+-- and status to compare over the latest runs, to tell a backlog that grows:
+-- the rows that expired while it ran (its rule matches them at now() - retain
+-- but not at the run's cutoff, `since`), to which finish_run adds the rows the
+-- run left locked (rows_skipped). Everything below the cutoff the run has been
+-- through: counting there would walk every row it just deleted (dead index
+-- entries and heap tuples until VACUUM), where this reads only an index range
+-- per expiry column above the cutoff. Counted up to one batch (batch_size, at
+-- most backlog_exact_max), beyond it the planner's estimate: never more than
+-- the reads of one more batch. NULL when it cannot be counted.
+CREATE FUNCTION @schema@.backlog_left(job_name text, since timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    j     @schema@.job;
+    rel   text;
+    range text;
+    cap   bigint;
+    total bigint;
+    plan  json;
+BEGIN
+    SELECT * INTO STRICT j FROM @schema@.job WHERE name = job_name;
+    rel := format('%I.%I', j.table_schema, j.table_name);
+    cap := least(j.batch_size, @backlog_exact_max@);
+    -- As expired_rule, with each column's comparison narrowed to [since, $1).
+    SELECT '(' || string_agg(format('(%1$I >= $2 AND %1$I < $1)', c), ' OR ') || ')'
+           || coalesce(E' AND (' || j.predicate || E'\n)', '')
+      INTO range FROM unnest(j.expires) AS c;
+    PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
+    EXECUTE format('SELECT count(*) FROM (SELECT FROM %s WHERE %s LIMIT %s) AS t', rel, range, cap + 1)
+       INTO total USING now() - j.retain, since;
+    IF total > cap THEN
+        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM %s WHERE %s', rel, range)
+           INTO plan USING now() - j.retain, since;
+        total := greatest(total, (plan -> 0 -> 'Plan' ->> 'Plan Rows')::float8::bigint);
+    END IF;
+    RETURN total;
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
 END
 $$;
 
@@ -1064,15 +1143,15 @@ $$;
 -- owns the history, and pg_cron's row-level security shows it its own jobs
 -- only. They return facts about dbjobs' jobs and nothing else; grant them with
 --   GRANT USAGE ON SCHEMA dbjobs TO monitor;
---   GRANT EXECUTE ON FUNCTION dbjobs.status_history(text[]), dbjobs.status_cron(text[], bigint)
---       TO monitor;
+--   GRANT EXECUTE ON FUNCTION dbjobs.status_history(text[]), dbjobs.status_cron(text[], bigint),
+--       dbjobs.status_backlog(text) TO monitor;
 
 -- Every installed job, and any other name asked for (a job in the caller's
 -- configuration that is not installed): its definition, whether install left
 -- jobs enabled, its latest finished run, latest success and latest partial
--- run, the outcomes of its latest 3 finished runs, its failures since its
--- latest success or partial run, its run in progress, and its runs per
--- outcome. Each is one probe of an index on (job, ...) per job, whatever the
+-- run, the outcomes of its latest 3 finished runs and the rows each left
+-- (backlog_after), its failures since its latest success or partial run, its
+-- run in progress, and its runs per outcome. Each is one probe of an index on (job, ...) per job, whatever the
 -- size of the history; counting the failures reads at most 1,000 entries.
 CREATE FUNCTION @schema@.status_history(names text[])
 RETURNS TABLE (name text, installed boolean, enabled boolean, installed_at timestamptz,
@@ -1080,7 +1159,7 @@ RETURNS TABLE (name text, installed boolean, enabled boolean, installed_at times
                error text, rows_deleted bigint, run_trigger text, rows_skipped bigint, cascaded_rows jsonb,
                success_at timestamptz, partial_at timestamptz, recent_outcomes text[],
                consecutive_failures bigint, running_since timestamptz, running_rows bigint,
-               max_runtime interval, fail_after integer, runs jsonb)
+               max_runtime interval, fail_after integer, runs jsonb, recent_backlog bigint[])
 -- PL/pgSQL rather than SQL: its plan is cached for the session, where a SQL
 -- function with a SET clause would be planned again on every call.
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -1106,7 +1185,10 @@ BEGIN
                  LIMIT 1000) f),
            running.started_at, running.rows_deleted + running.partition_rows,
            j.max_runtime, j.fail_after,
-           (SELECT jsonb_object_agg(c.outcome, c.runs) FROM @schema@.run_count c WHERE c.job = n.name)
+           (SELECT jsonb_object_agg(c.outcome, c.runs) FROM @schema@.run_count c WHERE c.job = n.name),
+           ARRAY(SELECT r.backlog_after FROM @schema@.run r
+                  WHERE r.job = n.name AND r.status IN ('succeeded', 'failed', 'partial')
+                  ORDER BY r.id DESC LIMIT 3)
       FROM (SELECT jj.name FROM @schema@.job jj UNION SELECT unnest(names)) AS n(name)
       LEFT JOIN @schema@.job j ON j.name = n.name
       LEFT JOIN LATERAL (
@@ -1141,7 +1223,8 @@ $$;
 -- lives in this database; PL/pgSQL, so that it can be created where it does not.
 CREATE FUNCTION @schema@.status_cron(jobnames text[], window_size bigint)
 RETURNS TABLE (jobid bigint, jobname text, schedule text, active boolean, username text, role_exists boolean,
-               run_status text, return_message text, start_time timestamptz, end_time timestamptz)
+               run_status text, return_message text, start_time timestamptz, end_time timestamptz,
+               pending_status text, pending_start timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 -- A generic plan would guess that "runid > floor" keeps a third of the table;
@@ -1159,19 +1242,32 @@ BEGIN
     WITH ours AS (SELECT * FROM cron.job
                    WHERE cron.job.jobname = ANY(jobnames) AND cron.job.jobname LIKE 'dbjobs:%'
                      AND cron.job.database = current_database()),
-         latest AS (
-            SELECT DISTINCT ON (r.jobid) r.jobid, r.status, r.return_message, r.start_time, r.end_time
+         runs AS MATERIALIZED (
+            SELECT r.jobid, r.runid, r.status, r.return_message, r.start_time, r.end_time
               FROM cron.job_run_details r
              -- = ANY(ARRAY(...)): one pass over the window, not one per job
-             WHERE r.runid > floor AND r.jobid = ANY(ARRAY(SELECT o.jobid FROM ours o))
-               AND r.status IN ('succeeded', 'failed')
-             ORDER BY r.jobid, r.runid DESC)
+             WHERE r.runid > floor AND r.jobid = ANY(ARRAY(SELECT o.jobid FROM ours o))),
+         latest AS (
+            SELECT DISTINCT ON (r.jobid) r.jobid, r.status, r.return_message, r.start_time, r.end_time
+              FROM runs r
+             WHERE r.status IN ('succeeded', 'failed')
+             ORDER BY r.jobid, r.runid DESC),
+         -- The job's latest run when pg_cron has not yet handed it to the
+         -- database (starting, connecting, sending): pg_cron gives up on those
+         -- after 10 s (its task start timeout), so one that stays is a stuck
+         -- scheduler. pg_cron stamps start_time only once a run is running.
+         pending AS (
+            SELECT p.jobid, p.status, p.start_time
+              FROM (SELECT DISTINCT ON (r.jobid) r.jobid, r.status, r.start_time
+                      FROM runs r ORDER BY r.jobid, r.runid DESC) AS p
+             WHERE p.status IN ('starting', 'connecting', 'sending'))
     SELECT j.jobid, j.jobname::text, j.schedule, j.active, j.username::text,
            -- a job whose role was dropped: pg_cron goes on trying to run it as that role
            EXISTS (SELECT FROM pg_roles r WHERE r.rolname = j.username),
-           d.status, d.return_message, d.start_time, d.end_time
+           d.status, d.return_message, d.start_time, d.end_time, p.status, p.start_time
       FROM ours j
       LEFT JOIN latest d ON d.jobid = j.jobid
+      LEFT JOIN pending p ON p.jobid = j.jobid
     ;
 END
 $$;
@@ -1203,6 +1299,53 @@ BEGIN
      ORDER BY j.name, r.started_at;
 END
 $$;
+
+-- A job's backlog, for `dbjobs status --backlog`: the rows eligible for
+-- deletion now (count_expired: exact up to backlog_exact_max, else the
+-- planner's estimate, and which), and the expiry time of the oldest of them
+-- (a row expires at the earliest of its expiry columns: the least of one
+-- min() per column, each an index probe where the column has an index).
+-- SECURITY DEFINER like the other status functions, so a monitoring role reads
+-- it as the job's runs see the table (their privileges and row-level
+-- security), with the job's own rule; it returns numbers, never rows. The
+-- caller bounds it with a statement timeout: without an index on an expiry
+-- column, the count or the probe reads the whole table.
+CREATE FUNCTION @schema@.status_backlog(job_name text)
+RETURNS TABLE (backlog_rows bigint, backlog_exact boolean, oldest_expired_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+#variable_conflict use_column
+DECLARE
+    j      @schema@.job;
+    cutoff timestamptz;
+    col    name;
+    first  timestamptz;
+BEGIN
+    SELECT * INTO j FROM @schema@.job WHERE name = job_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'dbjobs: unknown job "%"', job_name
+            USING ERRCODE = 'undefined_object', HINT = 'Run `dbjobs install` to register it.';
+    END IF;
+    cutoff := now() - j.retain;
+    SELECT c.total, c.exact INTO backlog_rows, backlog_exact FROM @schema@.count_expired(j, cutoff) AS c;
+    IF backlog_rows > 0 THEN
+        -- The oldest eligible row's expiry is, over the columns c, the least
+        -- min(c) among the rows where c < cutoff and the predicate holds.
+        PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', j.table_schema), true);
+        FOREACH col IN ARRAY j.expires LOOP
+            EXECUTE format('SELECT min(%1$I)::timestamptz FROM %2$I.%3$I WHERE %1$I < $1 AND %4$s',
+                           col, j.table_schema, j.table_name, coalesce('(' || j.predicate || E'\n)', 'true'))
+               INTO first USING cutoff;
+            oldest_expired_at := least(oldest_expired_at, first);
+        END LOOP;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
 
 -- Jobs run as the role that installed them; nobody else may call these.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @schema@ FROM PUBLIC;

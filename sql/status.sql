@@ -10,16 +10,23 @@ SELECT c.oid IS NOT NULL,
 
 -- name: cron_latest_runs
 -- When pg_cron lives in another database: the same as the status_cron()
--- function of routines.sql, over there. The floor is the latest runid (read from
+-- function of routines.sql, over there (the latest finished run of each job,
+-- and its latest run when that is still starting, connecting or sending). The floor is the latest runid (read from
 -- the sequence: max(runid) under row-level security could scan the whole
 -- table) minus the window, passed as a value so that the planner sees how few
 -- rows the range holds.
-SELECT DISTINCT ON (d.jobid) d.jobid, d.status, d.return_message, d.start_time, d.end_time
-  FROM cron.job_run_details d
- WHERE d.runid > %(floor)s
-   AND d.jobid = ANY(%(jobids)s::bigint[])
-   AND d.status IN ('succeeded', 'failed')
- ORDER BY d.jobid, d.runid DESC;
+WITH runs AS MATERIALIZED (
+    SELECT d.jobid, d.runid, d.status, d.return_message, d.start_time, d.end_time
+      FROM cron.job_run_details d
+     WHERE d.runid > %(floor)s
+       AND d.jobid = ANY(%(jobids)s::bigint[]))
+SELECT j.jobid, l.status, l.return_message, l.start_time, l.end_time, p.status, p.start_time
+  FROM (SELECT DISTINCT ON (r.jobid) r.jobid FROM runs r) AS j
+  LEFT JOIN (SELECT DISTINCT ON (r.jobid) r.* FROM runs r
+              WHERE r.status IN ('succeeded', 'failed') ORDER BY r.jobid, r.runid DESC) AS l
+         ON l.jobid = j.jobid
+  LEFT JOIN (SELECT DISTINCT ON (r.jobid) r.* FROM runs r ORDER BY r.jobid, r.runid DESC) AS p
+         ON p.jobid = j.jobid AND p.status IN ('starting', 'connecting', 'sending');
 
 -- name: scheduler
 -- Whether pg_cron's launcher is alive. application_name is visible in other

@@ -108,7 +108,11 @@ CREATE TABLE @schema@.run (
     -- exactly, per statement, from the transaction's own statistics (see
     -- cascade_counts).
     cascade_tables     oid[],
-    cascaded_rows      jsonb
+    cascaded_rows      jsonb,
+    -- What a run that succeeded left: the rows that expired while it ran plus
+    -- those it left locked (exact up to one batch, else the planner's
+    -- estimate; see backlog_left). Status warns when it grows from run to run.
+    backlog_after      bigint
 );
 -- Status reads "the latest run of each job" and "the latest success of each
 -- job": each is one index probe (ORDER BY id DESC LIMIT 1) at any history size.
@@ -133,4 +137,4 @@ CREATE TABLE @schema@.run_count (
 );
 
 -- The version of these tables: the number of the last file in migrations/.
-INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '2');
+INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '3');

@@ -19,11 +19,17 @@ def bench(name: str, *args: str) -> list[str]:
 
 
 def test_status_benchmark_smoke() -> None:
-    lines = bench("status.py", "--rows", "5000", "--repeat", "20")
+    lines = bench("status.py", "--rows", "5000", "--repeat", "20", "--table-rows", "30000")
     assert "5,000 rows of another job" in lines[0]
     assert lines[1].startswith("dbjobs.status()") and "p95" in lines[1]
     assert lines[2].startswith("naive GROUP BY jobid")
     assert lines[3].startswith("ratio: naive p95 / status p95 = ")
+    # With the backlog: 15,000 expired rows are past the exact threshold, 1,000 are not.
+    assert lines[4].startswith("backlog: refresh_tokens 30,000 rows, half expired; ")
+    assert "email_verifications 1000 (exact)" in lines[4] and "(estimated)" in lines[4]
+    assert [line.split()[0] for line in lines[5:7]] == ["dbjobs.status()", "status(backlog=True)"]
+    assert lines[7].startswith("ratio: backlog p95 / status p95 = ")
+    assert lines[8].startswith("backlog_left: median ") and "recorded backlog_after 0);" in lines[8]
 
 
 def test_cleanup_benchmark_smoke() -> None:

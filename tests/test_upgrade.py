@@ -118,7 +118,9 @@ def test_the_previous_release_upgrades_to_a_fresh_install(app: AppDb, dbjobs_cli
         (str(schema.latest_version()),)
     ]
     after = table_rows(app, "run")
-    assert {id: after[id] for id in runs} == runs  # a scheduled run may have added one since
+    # A scheduled run may have added one since. Columns added since hold NULL (backlog_after).
+    assert {id: {k: after[id][k] for k in row} for id, row in runs.items()} == runs
+    assert all(value is None for id in runs for k, value in after[id].items() if k not in runs[id])
     # Kept as they were; columns added since hold their defaults (NULL: max_runtime, fail_after).
     upgraded_jobs = table_rows(app, "job")
     assert {name: {k: upgraded_jobs[name][k] for k in job} for name, job in jobs.items()} == jobs
@@ -214,8 +216,8 @@ def test_a_migration_takes_an_install_to_the_next_version(app: AppDb, dbjobs_cli
     )
     tables = (sql_dir / "tables.sql").read_text()
     tables = tables.replace(
-        "    cascaded_rows      jsonb\n);",
-        "    cascaded_rows      jsonb,\n    note text NOT NULL DEFAULT '' CHECK (note <> 'x')\n);",
+        "    backlog_after      bigint\n);",
+        "    backlog_after      bigint,\n    note text NOT NULL DEFAULT '' CHECK (note <> 'x')\n);",
     )
     tables = tables.replace(f"('schema_version', '{latest}')", f"('schema_version', '{latest + 1}')")
     assert "note text" in tables and f"'{latest + 1}')" in tables
