@@ -69,6 +69,12 @@ def _global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dbjobs", description="Expired-data cleanup run by PostgreSQL itself, through pg_cron."
@@ -94,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="count what each job would delete now; delete and record nothing",
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="with --dry-run")
+    p = commands.add_parser("watch", help="print each run's event as it happens; POST it to a webhook")
+    p.add_argument("--webhook", metavar="URL", help="POST each event to this URL")
+    p.add_argument(
+        "--format", choices=("json", "slack"), default="json",
+        help="the webhook's body: the event (json, default) or a Slack-compatible message",
+    )  # fmt: skip
+    p.add_argument(
+        "--queue-size", type=_positive, default=1000, metavar="N",
+        help="events waiting for the webhook before the oldest are dropped (default 1000)",
+    )  # fmt: skip
     commands.add_parser("uninstall", help="remove dbjobs' pg_cron jobs and schema")
     commands.add_parser("doctor", help="check the prerequisites and say how to fix each")
     for sub in commands.choices.values():
@@ -114,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "status":  # reads what is installed: a broken config file is only a warning
             return _cmd_status(args, dsn, *status_config(args.config, schema=args.schema))
+        if args.command == "watch":  # like status: needs no configuration
+            return _cmd_watch(args, dsn, status_config(args.config, schema=args.schema)[0])
         return COMMANDS[args.command](args, dsn, load_config(args.config, schema=args.schema))
     except (DbjobsError, psycopg.Error) as exc:
         if args.debug:
@@ -236,6 +254,37 @@ def _run_with_progress(conn: psycopg.Connection[Any], config: Config, name: str)
         return run(conn, config, name, progress=show)
 
 
+def _cmd_watch(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    import threading
+
+    from .watch import Webhook, describe, watch
+
+    def warn(message: str) -> None:
+        print(f"dbjobs: warning: {redact(message, dsn)}", file=sys.stderr, flush=True)
+
+    readable = sys.stdout.isatty()
+    hook = (
+        Webhook(args.webhook, slack=args.format == "slack", queue_size=args.queue_size, warn=warn)
+        if args.webhook
+        else None
+    )
+
+    def emit(event: dict[str, Any]) -> None:
+        print(describe(event) if readable else json.dumps(event), flush=True)
+        if hook is not None:
+            hook.put(event)
+
+    stop = threading.Event()
+    try:
+        watch(dsn, config, emit, stop=stop, warn=warn)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        if hook is not None:
+            hook.close()
+    return 0
+
+
 def _cmd_doctor(args: argparse.Namespace, dsn: str, config: Config) -> int:
     from .doctor import doctor, worst
 
@@ -251,7 +300,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, str, Config], int]] = {
     "run": _cmd_run,
     "doctor": _cmd_doctor,
 }
-ALL_COMMANDS = (*COMMANDS, "status")
+ALL_COMMANDS = (*COMMANDS, "status", "watch")
 
 
 def _fail(message: str, code: int) -> int:
