@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 
-from . import __version__, formats
+from . import __version__, formats, logs
 from .config import Config, load_config
 from .connection import connect, redact, resolve_dsn
 from .errors import ConnectError, DbjobsError, PrerequisiteError, UnknownJobError, one_line_error
@@ -67,6 +68,10 @@ def _global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument(
         "--debug", action="store_true", default=False if top else argparse.SUPPRESS, help="show tracebacks"
     )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text" if top else argparse.SUPPRESS,
+        help="install's plan, run results, warnings and errors as text lines, or one JSON object per line",
+    )  # fmt: skip
 
 
 def _positive(text: str) -> int:
@@ -117,8 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --log-format json: set by main() for the lines it and the commands print.
+_log_json = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _log_json
     argv = list(sys.argv[1:] if argv is None else argv)
+    _log_json = "--log-format=json" in argv or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(argv)
+    )
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -166,7 +179,10 @@ def _cmd_install(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
     with connect(dsn) as conn:
         plan = install(conn, config, dry_run=args.dry_run)
-    print("\n".join(plan.lines()))
+    if _log_json:
+        print("\n".join(logs.plan_records(plan, "install", plan.lines()[-1])))
+    else:
+        print("\n".join(plan.lines()))
     return 0
 
 
@@ -175,7 +191,11 @@ def _cmd_uninstall(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
     with connect(dsn) as conn:
         plan = uninstall(conn, config)
-    print("\n".join(plan.lines()) if plan.changed else "nothing to remove: dbjobs is not installed")
+    nothing = "nothing to remove: dbjobs is not installed"
+    if _log_json:
+        print("\n".join(logs.plan_records(plan, "uninstall", nothing)))
+    else:
+        print("\n".join(plan.lines()) if plan.changed else nothing)
     return 0
 
 
@@ -221,7 +241,7 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
             result = (
                 _run_with_progress(conn, config, name) if sys.stderr.isatty() else run(conn, config, name)
             )
-            print(result.line(), flush=True)
+            print(logs.run_record(result) if _log_json else result.line(), flush=True)
             failed |= result.status not in ("succeeded", "skipped", "partial")  # partial: progress
     return 1 if failed else 0
 
@@ -260,9 +280,11 @@ def _cmd_watch(args: argparse.Namespace, dsn: str, config: Config) -> int:
     from .watch import Webhook, describe, watch
 
     def warn(message: str) -> None:
-        print(f"dbjobs: warning: {redact(message, dsn)}", file=sys.stderr, flush=True)
+        message = redact(message, dsn)
+        line = logs.record("warning", message, "warning") if _log_json else f"dbjobs: warning: {message}"
+        print(line, file=sys.stderr, flush=True)
 
-    readable = sys.stdout.isatty()
+    readable = sys.stdout.isatty() and not _log_json
     hook = (
         Webhook(args.webhook, slack=args.format == "slack", queue_size=args.queue_size, warn=warn)
         if args.webhook
@@ -306,7 +328,11 @@ ALL_COMMANDS = (*COMMANDS, "status", "watch")
 def _fail(message: str, code: int) -> int:
     """Each line of the message (a config may have several problems) as one ``dbjobs: error:`` line."""
     for line in message.splitlines() or [""]:
-        print(f"dbjobs: error: {' '.join(line.split())}", file=sys.stderr)
+        text = " ".join(line.split())
+        print(
+            logs.record("error", text, "error", exit_code=code) if _log_json else f"dbjobs: error: {text}",
+            file=sys.stderr,
+        )
     return code
 
 
