@@ -28,7 +28,7 @@ from . import __version__
 from .config import Config
 from .connection import connect, redact, with_database
 from .cron import find_cron_database
-from .errors import one_line_error
+from .errors import ConnectError, one_line_error
 
 CHANNEL = "dbjobs"
 APPLICATION_NAME = "dbjobs watch"  # its sessions, in pg_stat_activity
@@ -41,8 +41,8 @@ PING_EVERY = 30.0  # seconds without events after which the connection is checke
 SEEN_KEPT = 10_000  # events remembered, so that one is never reported twice
 
 
-def describe(event: Event) -> str:
-    """One readable line: ``<finished_at> <database>/<job> <outcome>: ...``."""
+def describe(event: Event, *, when: bool = True) -> str:
+    """One readable line: ``[<finished_at, to the second>] <database>/<job> <outcome>: ...``."""
     run = (
         f"run {event['run_id']}"
         if event.get("run_id") is not None
@@ -51,16 +51,21 @@ def describe(event: Event) -> str:
     took = f" in {event['duration_ms']} ms" if event.get("duration_ms") is not None else ""
     where = f"{event.get('database')}/{event.get('job')}"
     line = (
-        f"{event.get('finished_at') or '-'} {where} {event.get('outcome')}: "
+        f"{where} {event.get('outcome')}: "
         f"{event.get('rows_deleted', 0)} rows{took} ({event.get('trigger')}, {run})"
     )
+    if when:
+        try:
+            line = f"{datetime.fromisoformat(event['finished_at']):%Y-%m-%d %H:%M:%SZ} {line}"
+        except (KeyError, TypeError, ValueError):
+            line = f"- {line}"
     return line + (f": {event['error']}" if event.get("error") else "")
 
 
 def slack_message(event: Event) -> dict[str, str]:
     """A Slack-compatible incoming-webhook message (Mattermost and others take it too)."""
     mark = {"succeeded": ":white_check_mark:", "partial": ":hourglass:", "skipped": ":fast_forward:"}
-    return {"text": f"{mark.get(event.get('outcome', ''), ':x:')} dbjobs {describe(event)}"}
+    return {"text": f"{mark.get(event.get('outcome', ''), ':x:')} dbjobs {describe(event, when=False)}"}
 
 
 class Webhook:
@@ -193,10 +198,20 @@ class Listener:
         self.stop, self.warn, self.backoff = stop, warn, backoff
         self.connected = threading.Event()
         self.connections = 0
+        self.failure: BaseException | None = None
         self._since: datetime | None = None  # the latest finished_at seen (server time)
         self._seen: collections.deque[tuple[Any, Any]] = collections.deque(maxlen=SEEN_KEPT)
 
     def run(self) -> None:
+        """Until ``stop``; anything but the database going away (``emit`` failing: stdout
+        closed) stops every listener and is kept in ``failure`` for watch() to raise."""
+        try:
+            self._run()
+        except BaseException as exc:
+            self.failure = exc
+            self.stop.set()
+
+    def _run(self) -> None:
         delay = self.backoff[0]
         while not self.stop.is_set():
             try:
@@ -204,7 +219,7 @@ class Listener:
                     self._listen(conn)
                     delay = self.backoff[0]
                     self._wait(conn)
-            except Exception as exc:  # psycopg's errors, ConnectError: the database is away
+            except (psycopg.Error, ConnectError) as exc:  # the database is away
                 self.connected.clear()
                 if self.stop.is_set():
                     return
@@ -254,9 +269,8 @@ class Listener:
             return
         missed = [e for (e,) in rows if (e.get("run_id"), e.get("cron_run_id")) not in self._seen]
         if missed:
-            self.warn(
-                f"database {self.where}: {len(missed)} runs finished while disconnected (from the history)"
-            )
+            runs = "1 run" if len(missed) == 1 else f"{len(missed)} runs"
+            self.warn(f"database {self.where}: {runs} finished while disconnected (from the history)")
         for event in missed:
             self._take(event)
 
@@ -331,3 +345,6 @@ def watch(
     for thread in threads:
         while thread.is_alive():
             thread.join(0.5)
+    for listener in listeners:
+        if listener.failure is not None:
+            raise listener.failure

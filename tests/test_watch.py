@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 
 from dbjobs.config import Config
-from dbjobs.watch import Listener, Webhook, watch
+from dbjobs.watch import Listener, Webhook, describe, watch
 from tests.conftest import AppDb
 from tests.devserver import ThrowawayServer
 from tests.faults import need_local_servers, restart, wait_for
@@ -139,6 +140,12 @@ def test_the_webhook_receives_exactly_the_events_of_a_scripted_sequence(
     assert [e["outcome"] for e in endpoint.bodies] == ["succeeded", "failed", "skipped", "partial"]
     assert endpoint.bodies == watching.events
     assert endpoint.requests == 4 and warnings == [] and watching.warnings == []
+    # On a terminal: one readable line.
+    assert re.fullmatch(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\dZ {app.database}/tokens failed: 0 rows in \d+ ms "
+        rf"\(manual, run {history[1][0]}\): division by zero",
+        describe(watching.events[1]),
+    ), describe(watching.events[1])
 
 
 def test_the_webhook_retries_with_backoff_and_drops_the_oldest_when_its_queue_is_full() -> None:
@@ -183,7 +190,7 @@ def test_the_webhook_retries_with_backoff_and_drops_the_oldest_when_its_queue_is
         assert warnings == ["webhook: the endpoint answered HTTP 400; the event was dropped"]
         assert endpoint.requests == 2
         assert endpoint.bodies == [
-            {"text": ":white_check_mark: dbjobs - app/tokens succeeded: 7 rows (scheduled, run 2)"}
+            {"text": ":white_check_mark: dbjobs app/tokens succeeded: 7 rows (scheduled, run 2)"}
         ]
     finally:
         endpoint.close()
