@@ -275,6 +275,7 @@ def _run_with_progress(conn: psycopg.Connection[Any], config: Config, name: str)
 
 
 def _cmd_watch(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    import signal
     import threading
 
     from .watch import Webhook, describe, watch
@@ -297,6 +298,7 @@ def _cmd_watch(args: argparse.Namespace, dsn: str, config: Config) -> int:
             hook.put(event)
 
     stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service manager's stop, like Ctrl-C
     try:
         watch(dsn, config, emit, stop=stop, warn=warn)
     except KeyboardInterrupt:

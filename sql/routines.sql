@@ -187,6 +187,7 @@ $$;
 
 -- Opens a run: records it as running and returns its id, or records it as
 -- skipped and returns NULL when another session is running the same job.
+-- A skipped run, and a run it finds interrupted, send their events (run_event).
 CREATE FUNCTION @schema@.start_run(job_name text, run_trigger text)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -249,7 +250,8 @@ $$;
 
 
 -- Closes a run as succeeded (error IS NULL), failed, or partial (stopped at
--- max_runtime), releases its lock, counts its outcome, writes one line to the
+-- max_runtime), releases its lock, counts its outcome, sends its event
+-- (`NOTIFY dbjobs`, see run_event), writes one line to the
 -- server log, and prunes this job's history older than history_retention (set
 -- by install), so that the history never grows without bound.
 CREATE FUNCTION @schema@.finish_run(run_id bigint, failure text, stopped boolean DEFAULT false)

@@ -251,8 +251,9 @@ def server_rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
         return conn.execute(query).fetchall()
 
 
-def test_the_command_prints_json_lines_until_interrupted(
-    app_same: AppDb, dbjobs_cli: Any, write_config: Any
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_the_command_prints_json_lines_until_stopped(
+    stop: signal.Signals, app_same: AppDb, dbjobs_cli: Any, write_config: Any
 ) -> None:
     app = app_same
     app.execute(TABLES)
@@ -276,6 +277,6 @@ def test_the_command_prints_json_lines_until_interrupted(
             event = json.loads(proc.stdout.readline())
             assert (event["job"], event["outcome"], event["rows_deleted"]) == ("tokens", "succeeded", 5)
         finally:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             proc.wait(10)
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
