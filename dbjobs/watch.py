@@ -38,6 +38,7 @@ Warn = Callable[[str], None]
 # after a reconnection: a run's finished_at is read before its commit.
 MISSED_MARGIN = timedelta(minutes=1)
 PING_EVERY = 30.0  # seconds without events after which the connection is checked
+MISSED_MAX = 1000  # the most status_events returns
 SEEN_KEPT = 10_000  # events remembered, so that one is never reported twice
 
 
@@ -267,6 +268,10 @@ class Listener:
                 f"(GRANT EXECUTE ON FUNCTION {self.schema}.status_events(timestamptz) to this role)"
             )
             return
+        if len(rows) >= MISSED_MAX:
+            self.warn(
+                f"database {self.where}: more runs finished while disconnected than the {MISSED_MAX} reported"
+            )
         missed = [e for (e,) in rows if (e.get("run_id"), e.get("cron_run_id")) not in self._seen]
         if missed:
             runs = "1 run" if len(missed) == 1 else f"{len(missed)} runs"

@@ -6,15 +6,17 @@
 -- other role's or application's rows (row-level security limits a role to its
 -- own rows anyway). dbjobs' own history is pruned by each cleanup run.
 --
--- It also sends the failures that only pg_cron saw as events (`NOTIFY dbjobs`,
--- the payload of routines.sql's run_event): runs of this application's jobs
--- that pg_cron could not start, which therefore have no run in dbjobs'
--- history: pg_cron could not connect (the database refused the role, no
--- connection slot: 'connection failed'; pg_cron 1.4 records no times for
--- them), or found no free slot or background worker in time. Each is sent once: by the first successful maintenance
--- run after it, which reports those between the previous successful one and
--- itself. Sent in pg_cron's database, where this runs: when that is not the
--- application's, a listener listens there too (`dbjobs watch` does).
+-- First, it sends the failures that only pg_cron saw as events (`NOTIFY
+-- dbjobs`, the payload of routines.sql's run_event): runs of this
+-- application's jobs that pg_cron could not start, which therefore have no
+-- run in dbjobs' history: pg_cron could not connect (the database refused the
+-- role, no connection slot: 'connection failed'; pg_cron 1.4 records no times
+-- for them), or found no free slot or background worker in time. Each is sent
+-- once, by the first successful maintenance run after it, which sends those
+-- between the previous successful maintenance run and itself (a failed one
+-- sends nothing: its transaction, NOTIFY included, is rolled back). Sent in
+-- pg_cron's database, where this runs: when that is not the application's, a
+-- listener listens there too (`dbjobs watch` does).
 --
 -- {database}, {maintenance_job} and {retention} are filled in as literals by
 -- `dbjobs install`.
