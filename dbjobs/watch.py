@@ -114,6 +114,12 @@ class Webhook:
             self._queue.append(event)
             self._cond.notify_all()
 
+    @property
+    def waiting(self) -> int:
+        """Events in the queue (not counting the one being sent)."""
+        with self._cond:
+            return len(self._queue)
+
     def close(self, timeout: float = 10.0) -> int:
         """Send what is queued, for at most ``timeout`` seconds; returns how many were not sent."""
         with self._cond:

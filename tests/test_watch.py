@@ -164,7 +164,7 @@ def test_the_webhook_retries_with_backoff_and_drops_the_oldest_when_its_queue_is
         warnings.clear()
         endpoint.gate.clear()  # the endpoint hangs: event 2 is being sent, 3 and 4 wait, then 5...
         hook.put(events[1])
-        wait_for(lambda: not hook._queue, 5, "the webhook to take event 2")
+        wait_for(lambda: hook.waiting == 0, 5, "the webhook to take event 2")
         for event in events[2:]:
             hook.put(event)
         hook.put({**events[3], "run_id": 5})
