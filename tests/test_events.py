@@ -163,6 +163,25 @@ def test_a_monitoring_role_reads_the_events_since_a_time(installed, dbjobs_cli) 
         app.execute(f'DROP ROLE "{role}"')
 
 
+def test_a_run_pg_cron_starts_sends_its_event(installed, listener, pg_cron_version) -> None:
+    if pg_cron_version < (1, 5):
+        pytest.skip(
+            "needs pg_cron 1.5's schedules in seconds (a minute's schedule would wait for the minute)"
+        )
+    app, _ = installed
+    [(jobid,)] = app.cron(
+        "SELECT jobid FROM cron.job WHERE jobname = %s", [cron_job_name(app.database, "tokens")]
+    )
+    app.cron("SELECT cron.alter_job(%s, schedule => '1 seconds')", [jobid])
+    try:
+        [event] = events(listener, 1, timeout=15)
+    finally:
+        app.cron("SELECT cron.alter_job(%s, active => false)", [jobid])
+    assert (event["job"], event["trigger"], event["outcome"], event["rows_deleted"]) == (
+        "tokens", "scheduled", "succeeded", 5
+    )  # fmt: skip
+
+
 def cron_failures(app: AppDb, jobid: int) -> list[tuple[Any, ...]]:
     return app.cron(
         "SELECT runid, return_message FROM cron.job_run_details"
