@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 
-from . import __version__, formats
+from . import __version__, formats, logs
 from .config import Config, Database, load_config
 from .connection import connect, describe, redact, resolve_dsn
 from .errors import (
@@ -76,6 +77,16 @@ def _global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument(
         "--debug", action="store_true", default=False if top else argparse.SUPPRESS, help="show tracebacks"
     )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text" if top else argparse.SUPPRESS,
+        help="install's plan, run results, warnings and errors as text lines, or one JSON object per line",
+    )  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,11 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="count what each job would delete now; delete and record nothing",
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="with --dry-run")
+    p = commands.add_parser("watch", help="print each run's event as it happens; POST it to a webhook")
+    p.add_argument("--webhook", metavar="URL", help="POST each event to this URL")
+    p.add_argument(
+        "--format", choices=("json", "slack"), default="json",
+        help="the webhook's body: the event (json, default) or a Slack-compatible message",
+    )  # fmt: skip
+    p.add_argument(
+        "--queue-size", type=_positive, default=1000, metavar="N",
+        help="events waiting for the webhook before the oldest are dropped (default 1000)",
+    )  # fmt: skip
     commands.add_parser("uninstall", help="remove dbjobs' pg_cron jobs and schema")
     _all_databases(commands.add_parser("doctor", help="check the prerequisites and say how to fix each"))
     for sub in commands.choices.values():
         _global_flags(sub, top=False)
     return parser
+
+
+# --log-format json: set by main() for the lines it and the commands print.
+_log_json = False
 
 
 def _port(text: str) -> int:
@@ -174,7 +199,11 @@ def _databases(args: argparse.Namespace, dsn: str, config: Config) -> list[Datab
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _log_json
     argv = list(sys.argv[1:] if argv is None else argv)
+    _log_json = "--log-format=json" in argv or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(argv)
+    )
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
@@ -186,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("status", "serve"):  # read what is installed: a broken config is only a warning
             return READERS[args.command](args, dsn, *status_config(args.config, schema=args.schema))
+        if args.command == "watch":  # like status: needs no configuration
+            return _cmd_watch(args, dsn, status_config(args.config, schema=args.schema)[0])
         config = load_config(args.config, schema=args.schema)
         if config.databases and not args.dsn and args.command in ("run", "uninstall"):
             names = ", ".join(d.name for d in config.databases)
@@ -245,18 +276,25 @@ def _cmd_serve(args: argparse.Namespace, dsn: str, config: Config, config_proble
     return 0
 
 
-def _each(databases: list[Database], work: Callable[[Database], tuple[list[str], int]]) -> int:
-    """Run ``work`` on each database in turn, its lines prefixed with the database's name; an error
-    in one is its line, and the others still run. The exit code is the highest."""
+def _each(
+    databases: list[Database], work: Callable[[Database], tuple[list[str], int]], *, json_lines: bool = False
+) -> int:
+    """Run ``work`` on each database in turn, its lines prefixed with the database's name (with
+    ``json_lines``, its lines are JSON records, printed as they are); an error in one is its line,
+    and the others still run. The exit code is the highest."""
     code = 0
     for database in databases:
         try:
             lines, result = work(database)
         except (DbjobsError, psycopg.Error) as exc:
             message, result = _explain(exc)
-            lines = [f"error: {redact(message, database.dsn)}"]
+            message = redact(message, database.dsn)
+            if json_lines:
+                lines = [logs.record("error", message, "error", exit_code=result, database=database.name)]
+            else:
+                lines = [f"error: {message}"]
         for line in lines:
-            print(f"{database.name}: {line}", flush=True)
+            print(line if json_lines else f"{database.name}: {line}", flush=True)
         code = max(code, result)
     return code
 
@@ -269,12 +307,16 @@ def _cmd_install(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
         def install_one(database: Database) -> tuple[list[str], int]:
             with connect(database.dsn) as conn:
-                return install(conn, config, dry_run=args.dry_run).lines(), 0
+                plan = install(conn, config, dry_run=args.dry_run)
+            return (logs.plan_records(plan, "install", plan.lines()[-1]) if _log_json else plan.lines()), 0
 
-        return _each(databases, install_one)
+        return _each(databases, install_one, json_lines=_log_json)
     with connect(dsn) as conn:
         plan = install(conn, config, dry_run=args.dry_run)
-    print("\n".join(plan.lines()))
+    if _log_json:
+        print("\n".join(logs.plan_records(plan, "install", plan.lines()[-1])))
+    else:
+        print("\n".join(plan.lines()))
     return 0
 
 
@@ -283,7 +325,11 @@ def _cmd_uninstall(args: argparse.Namespace, dsn: str, config: Config) -> int:
 
     with connect(dsn) as conn:
         plan = uninstall(conn, config)
-    print("\n".join(plan.lines()) if plan.changed else "nothing to remove: dbjobs is not installed")
+    nothing = "nothing to remove: dbjobs is not installed"
+    if _log_json:
+        print("\n".join(logs.plan_records(plan, "uninstall", nothing)))
+    else:
+        print("\n".join(plan.lines()) if plan.changed else nothing)
     return 0
 
 
@@ -351,7 +397,7 @@ def _cmd_run(args: argparse.Namespace, dsn: str, config: Config) -> int:
             result = (
                 _run_with_progress(conn, config, name) if sys.stderr.isatty() else run(conn, config, name)
             )
-            print(result.line(), flush=True)
+            print(logs.run_record(result) if _log_json else result.line(), flush=True)
             failed |= result.status not in ("succeeded", "skipped", "partial")  # partial: progress
     return 1 if failed else 0
 
@@ -384,6 +430,41 @@ def _run_with_progress(conn: psycopg.Connection[Any], config: Config, name: str)
         return run(conn, config, name, progress=show)
 
 
+def _cmd_watch(args: argparse.Namespace, dsn: str, config: Config) -> int:
+    import signal
+    import threading
+
+    from .watch import Webhook, describe, watch
+
+    def warn(message: str) -> None:
+        message = redact(message, dsn)
+        line = logs.record("warning", message, "warning") if _log_json else f"dbjobs: warning: {message}"
+        print(line, file=sys.stderr, flush=True)
+
+    readable = sys.stdout.isatty() and not _log_json
+    hook = (
+        Webhook(args.webhook, slack=args.format == "slack", queue_size=args.queue_size, warn=warn)
+        if args.webhook
+        else None
+    )
+
+    def emit(event: dict[str, Any]) -> None:
+        print(describe(event) if readable else json.dumps(event), flush=True)
+        if hook is not None:
+            hook.put(event)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service manager's stop, like Ctrl-C
+    try:
+        watch(dsn, config, emit, stop=stop, warn=warn)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        if hook is not None:
+            hook.close()
+    return 0
+
+
 def _cmd_doctor(args: argparse.Namespace, dsn: str, config: Config) -> int:
     from .doctor import doctor, worst
 
@@ -412,13 +493,17 @@ READERS: dict[str, Callable[[argparse.Namespace, str, Config, str | None], int]]
     "status": _cmd_status,
     "serve": _cmd_serve,
 }
-ALL_COMMANDS = (*COMMANDS, *READERS)
+ALL_COMMANDS = (*COMMANDS, *READERS, "watch")
 
 
 def _fail(message: str, code: int) -> int:
     """Each line of the message (a config may have several problems) as one ``dbjobs: error:`` line."""
     for line in message.splitlines() or [""]:
-        print(f"dbjobs: error: {' '.join(line.split())}", file=sys.stderr)
+        text = " ".join(line.split())
+        print(
+            logs.record("error", text, "error", exit_code=code) if _log_json else f"dbjobs: error: {text}",
+            file=sys.stderr,
+        )
     return code
 
 

@@ -404,7 +404,9 @@ def _plan_maintenance(
         return
     diffs = _cron_diffs(registered, cron.MAINTENANCE_SCHEDULE, command, True)
     if registered.command != command:  # say what changed, not the whole statement
-        diffs = [d if not d.startswith("command") else "history_retention changed" for d in diffs]
+        retention = f"{sql.Literal(config.history_retention).as_string(None)}::interval"
+        what = "history_retention changed" if retention not in registered.command else "command upgraded"
+        diffs = [d if not d.startswith("command") else what for d in diffs]
     if not registered.role_exists:
         diffs = [_orphan_line(registered)]
     if diffs:

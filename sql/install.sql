@@ -19,7 +19,8 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
                                       'status_history', 'status_cron', 'status_runs', 'one_line_error', 'dry_run', 'expired_estimate',
                                       'sweep_batch', 'index_batch', 'delete_held', 'delete_counted',
                                       'cascade_counts', 'cascaded_since', 'count_batch', 'count_outcome',
-                                      'count_expired', 'backlog_left', 'status_backlog'))
+                                      'count_expired', 'backlog_left', 'status_backlog', 'run_event',
+                                      'status_events'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;
 

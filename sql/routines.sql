@@ -191,6 +191,7 @@ $$;
 
 -- Opens a run: records it as running and returns its id, or records it as
 -- skipped and returns NULL when another session is running the same job.
+-- A skipped run, and a run it finds interrupted, send their events (run_event).
 CREATE FUNCTION @schema@.start_run(job_name text, run_trigger text)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -201,7 +202,8 @@ DECLARE
     j        @schema@.job;
     run_id   bigint;
     cutoff   timestamptz;
-    ended    bigint;
+    ended    bigint := 0;
+    r        @schema@.run;
 BEGIN
     SELECT * INTO j FROM @schema@.job WHERE name = job_name;
     IF NOT FOUND THEN
@@ -213,19 +215,26 @@ BEGIN
     -- by finish_run or when the session ends (a killed run frees it too).
     IF NOT pg_try_advisory_lock(hashtext('dbjobs.run'), hashtext(job_name)) THEN
         INSERT INTO @schema@.run (job, trigger, status, finished_at, error)
-        VALUES (job_name, run_trigger, 'skipped', clock_timestamp(), 'another run of this job was in progress');
+        VALUES (job_name, run_trigger, 'skipped', clock_timestamp(), 'another run of this job was in progress')
+        RETURNING * INTO r;
         PERFORM @schema@.count_outcome(job_name, 'skipped');
+        PERFORM pg_notify('dbjobs', @schema@.run_event(r)::text);
         RAISE LOG 'dbjobs: job % skipped: another run of this job was in progress', job_name;
         RETURN NULL;
     END IF;
 
     -- Holding the lock means no other run of this job is alive: a row still
     -- marked running belongs to a session that died (terminated, crashed).
-    UPDATE @schema@.run
-       SET status = 'failed', finished_at = coalesce(finished_at, clock_timestamp()),
-           error = 'interrupted: the session running it ended before it finished'
-     WHERE job = job_name AND status = 'running';
-    GET DIAGNOSTICS ended = ROW_COUNT;
+    FOR r IN
+        UPDATE @schema@.run
+           SET status = 'failed', finished_at = coalesce(finished_at, clock_timestamp()),
+               error = 'interrupted: the session running it ended before it finished'
+         WHERE job = job_name AND status = 'running'
+        RETURNING *
+    LOOP
+        ended := ended + 1;
+        PERFORM pg_notify('dbjobs', @schema@.run_event(r)::text);
+    END LOOP;
     IF ended > 0 THEN
         PERFORM @schema@.count_outcome(job_name, 'failed', ended);
     END IF;
@@ -245,8 +254,10 @@ $$;
 
 
 -- Closes a run as succeeded (error IS NULL), failed, or partial (stopped at
--- max_runtime), records what a run that succeeded left (backlog_left), releases its
--- lock, counts its outcome, writes one line to the server log, and prunes this job's history older than history_retention (set
+-- max_runtime), records what a run that succeeded left (backlog_left), releases
+-- its lock, counts its outcome, sends its event (`NOTIFY dbjobs`, see
+-- run_event), writes one line to the server log, and prunes this job's history
+-- older than history_retention (set
 -- by install), so that the history never grows without bound.
 CREATE FUNCTION @schema@.finish_run(run_id bigint, failure text, stopped boolean DEFAULT false)
 RETURNS void
@@ -272,6 +283,7 @@ BEGIN
          INTO job_name, deleted, took;
     PERFORM pg_advisory_unlock(hashtext('dbjobs.run'), hashtext(job_name));
     PERFORM @schema@.count_outcome(job_name, outcome);
+    PERFORM pg_notify('dbjobs', @schema@.run_event(r)::text) FROM @schema@.run r WHERE r.id = run_id;
     -- One line per run in the server log, for log-based alerting (LOG goes to
     -- the server log at the default log_min_messages, not to the client).
     RAISE LOG 'dbjobs: job % deleted % rows in % ms (%)%', job_name, deleted, round(took::numeric),
@@ -369,6 +381,26 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO @schema@.run_count AS c (job, outcome, runs) VALUES (job_name, outcome, n)
     ON CONFLICT (job, outcome) DO UPDATE SET runs = c.runs + excluded.runs
+$$;
+
+
+-- A finished run's event, as `NOTIFY dbjobs` sends it (start_run, finish_run)
+-- and status_events returns it. pg_notify in the transaction that records
+-- the outcome: listeners get the event when, and only if, it commits. The
+-- error is cut to 1,000 characters, which keeps the payload well under
+-- NOTIFY's 8,000 bytes (job names are at most 40 characters). cron_run_id is
+-- set only in the events of maintenance.sql (runs pg_cron could not start).
+CREATE FUNCTION @schema@.run_event(r @schema@.run)
+RETURNS json
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+    SELECT json_build_object(
+        'database', current_database(), 'job', r.job, 'run_id', r.id, 'cron_run_id', NULL::bigint,
+        'trigger', r.trigger, 'outcome', r.status, 'rows_deleted', r.rows_deleted + r.partition_rows,
+        'duration_ms', round(extract(epoch FROM r.finished_at - r.started_at) * 1000)::bigint,
+        'error', left(r.error, 1000), 'finished_at', r.finished_at)
 $$;
 
 
@@ -1214,6 +1246,22 @@ BEGIN
              ORDER BY r.id DESC LIMIT 1) running ON true
      ORDER BY n.name;
 END
+$$;
+
+-- The events of the runs that finished after `since` (the finished_at of the
+-- last event a listener saw), oldest first, at most 1,000: what `dbjobs watch`
+-- reports after it reconnects, for the runs it may have missed. Reads the
+-- whole history (pruned to history_retention): called once per reconnection.
+CREATE FUNCTION @schema@.status_events(since timestamptz)
+RETURNS SETOF json
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT @schema@.run_event(r)
+      FROM @schema@.run r
+     WHERE r.finished_at > since AND r.status <> 'running'
+     ORDER BY r.finished_at, r.id
+     LIMIT 1000
 $$;
 
 -- dbjobs' pg_cron jobs (the exact names given) and the latest finished run of

@@ -50,6 +50,14 @@ def test_three_databases_on_one_server(three: dict[str, AppDb], dbjobs_cli, writ
     assert again.out.splitlines() == [
         f"{name}: nothing to change: dbjobs is up to date in {three[name].database}" for name in NAMES
     ]
+    # --log-format json: each database's plan as JSON records, its database in the "plan" record.
+    records = [
+        json.loads(line)
+        for line in dbjobs_cli("--log-format", "json", "--config", config, "install").out.splitlines()
+    ]
+    assert [(r["event"], r["database"], r["changes"]) for r in records] == [
+        ("plan", three[name].database, 0) for name in NAMES
+    ]
     assert dbjobs_cli("--dsn", three["us"].dsn, "run", "--all").code == 0
 
     result = dbjobs_cli("--config", config, "status", "--format", "json")
