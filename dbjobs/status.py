@@ -41,7 +41,7 @@ class JobStatus:
     status: str
     last_run_at: datetime | None = None
     last_run_status: str | None = None
-    last_trigger: str | None = None  # scheduled | manual, for dbjobs' own runs
+    last_trigger: str | None = None  # scheduled | manual | retry, for dbjobs' own runs
     last_success_at: datetime | None = None
     last_error: str | None = None
     last_rows_deleted: int | None = None
@@ -458,7 +458,7 @@ def _history(conn: psycopg.Connection[Any], schema: str, asked: list[str]) -> li
 # What status compares between a configuration file and the job table.
 _COMPARED = (
     "table", "expires", "retain", "where", "batch_size", "schedule", "max_age", "partitions",
-    "max_runtime", "fail_after",
+    "max_runtime", "fail_after", "retry_after",
 )  # fmt: skip
 
 
@@ -482,11 +482,12 @@ def _drift(
                     "retains": [job.retain for job in config.jobs],
                     "max_ages": [job.max_age for job in config.jobs],
                     "max_runtimes": [job.max_runtime for job in config.jobs],
+                    "retry_afters": [job.retry_after for job in config.jobs],
                 },
             ).fetchall()
     except psycopg.Error as exc:
         return [f"{source} cannot be compared with what is installed: {one_line_error(str(exc))}"]
-    for job, (table, retain, max_age, max_runtime) in zip(config.jobs, resolved, strict=True):
+    for job, (table, retain, max_age, max_runtime, retry_after) in zip(config.jobs, resolved, strict=True):
         have = installed.pop(job.name, None)
         if have is None:
             lines.append(f"job {job.name!r} is in {source} but not installed: run `dbjobs install`")
@@ -502,6 +503,7 @@ def _drift(
             "partitions": job.partitions,
             "max_runtime": max_runtime,
             "fail_after": job.fail_after,
+            "retry_after": retry_after,
         }
         stored = dict(
             have, table=_qualified(have["table_schema"], have["table_name"]), where=have["predicate"]
