@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import class_row
 
 from . import cron, schedule, sqlfiles
@@ -62,6 +62,8 @@ class JobStatus:
     max_runtime_seconds: float | None = None
     # Runs per outcome since install (dbjobs_job_runs_total).
     runs_total: dict[str, int] | None = None
+    # When dbjobs' _retry job runs it again after its failed run (retry_after; None: no retry due).
+    retry_at: datetime | None = None
     # Why the job is warn (or fail) although its state alone would pass.
     warnings: list[str] = field(default_factory=list)
 
@@ -141,6 +143,7 @@ class JobFacts:
     running_rows: int | None = None
     max_runtime: timedelta | None = None
     runs_total: dict[str, int] | None = None
+    retry: tuple[timedelta, timedelta] | None = None  # (retry_after, retry_cap) when retry_after is set
 
 
 # A job whose latest runs all stopped at max_runtime never catches up.
@@ -260,6 +263,7 @@ def status(
             row.running_rows,
             row.max_runtime,
             row.runs,
+            _retry_settings(conn, row.definition),
         )
         jobs.append(
             job_status(
@@ -404,8 +408,39 @@ def job_status(
         running_rows=facts.running_rows,
         max_runtime_seconds=facts.max_runtime.total_seconds() if facts.max_runtime is not None else None,
         runs_total=facts.runs_total,
+        retry_at=retry_at(facts) if scheduled else None,
         warnings=warnings,
     )
+
+
+def retry_at(facts: JobFacts) -> datetime | None:
+    """When dbjobs' _retry job runs the job again, by the rule of retries() in sql/routines.sql: its
+    latest run (in dbjobs' history) failed, n runs in a row, and retry_after * 2^(n - 1) after it
+    ended comes at least a minute before one period after the minute it started."""
+    last = facts.last_run
+    if facts.retry is None or last is None or last.status != "failed" or not last.at or not last.finished_at:
+        return None
+    after, cap = facts.retry
+    failures = max(facts.consecutive_failures or 1, 1)
+    seconds = after.total_seconds() * 2.0 ** min(failures - 1, 100)
+    before_next = last.at.replace(second=0, microsecond=0) + cap - timedelta(minutes=1) - last.finished_at
+    if seconds > before_next.total_seconds():
+        return None
+    return last.finished_at + timedelta(seconds=seconds)
+
+
+def _retry_settings(
+    conn: psycopg.Connection[Any], definition: dict[str, Any] | None
+) -> tuple[timedelta, timedelta] | None:
+    """A job's retry_after and retry_cap, from its row as status_history() returns it (intervals as text)."""
+    after, cap = (definition or {}).get("retry_after"), (definition or {}).get("retry_cap")
+    if after is None or cap is None:
+        return None
+    oid = conn.adapters.types["interval"].oid
+    loader = conn.adapters.get_loader(oid, pq.Format.TEXT)
+    assert loader is not None
+    load = loader(oid, conn).load
+    return load(str(after).encode()), load(str(cap).encode())
 
 
 def _moment(when: datetime) -> str:

@@ -128,7 +128,15 @@ def retries(app: AppDb) -> dict[str, tuple[int, datetime]]:
     return {name: (n, at) for name, n, _, at in app.execute("SELECT * FROM dbjobs.retries()")}
 
 
-def test_the_backoff_doubles_per_failure_and_stops_a_minute_before_the_next_fire(arithmetic: AppDb) -> None:
+def status_retry_at(dbjobs_cli: Any, app: AppDb) -> dict[str, datetime]:
+    """Each job's retry_at in `dbjobs status --format json` (where it has one)."""
+    report = json.loads(dbjobs_cli("--dsn", app.dsn, "status", "--format", "json").out)
+    return {j["name"]: datetime.fromisoformat(j["retry_at"]) for j in report["jobs"] if j.get("retry_at")}
+
+
+def test_the_backoff_doubles_per_failure_and_stops_a_minute_before_the_next_fire(
+    arithmetic: AppDb, dbjobs_cli
+) -> None:
     app = arithmetic
     start = datetime(2026, 1, 1, 3, 0, 0, 200000, tzinfo=UTC)  # a fire of "0 3 * * *"
     took = timedelta(seconds=2)
@@ -145,6 +153,8 @@ def test_the_backoff_doubles_per_failure_and_stops_a_minute_before_the_next_fire
         ]
         history(app, "daily", ok, *earlier, ("failed", start, start + took))
         assert retries(app)["daily"] == (n, start + took + timedelta(minutes=5 * 2 ** (n - 1))), n
+        if n in (1, 9):  # status says the same, by the same rule
+            assert status_retry_at(dbjobs_cli, app)["daily"] == retries(app)["daily"][1]
     # The 10th: 2,560 minutes is past the next fire (a day after 03:00, less a minute): no retry,
     # the schedule's own run comes first.
     earlier = [
@@ -152,6 +162,7 @@ def test_the_backoff_doubles_per_failure_and_stops_a_minute_before_the_next_fire
     ]
     history(app, "daily", ok, *earlier, ("failed", start, start + took))
     assert "daily" not in retries(app)
+    assert "daily" not in status_retry_at(dbjobs_cli, app)
 
     # A success or a partial run ends the streak; the latest run a success: nothing to retry.
     history(app, "daily", ("failed", start, start + took), ("succeeded", start + took, start + 2 * took))
@@ -269,6 +280,16 @@ def test_the_retry_job_follows_the_configuration(app: AppDb, dbjobs_cli, write_c
 
     back = dbjobs_cli("--dsn", app.dsn, "--config", with_retry, "install")
     assert back.code == 0 and len(retry_job()) == 1, back.out
+    doctor = dbjobs_cli("--dsn", app.dsn, "--config", with_retry, "doctor").out
+    assert (
+        "PASS  retries: failed runs of a, b are run again after retry_after, doubling, "
+        f"by pg_cron's _retry job ({retry_name})" in doctor
+    ), doctor
+    app.cron("SELECT cron.unschedule(%s)", [retry_name])
+    doctor = dbjobs_cli("--dsn", app.dsn, "--config", with_retry, "doctor").out
+    assert "WARN  retries: a, b set retry_after, but dbjobs' _retry job is not in pg_cron" in doctor, doctor
+    assert "create job _retry" in dbjobs_cli("--dsn", app.dsn, "--config", with_retry, "install").out
+
     assert dbjobs_cli("--dsn", app.dsn, "--config", with_retry, "uninstall").code == 0
     assert retry_job() == []
 
