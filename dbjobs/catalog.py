@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from . import schedule
 from .config import Config, Job
 from .errors import ConfigError, collect_problems
 
@@ -31,6 +32,8 @@ class ResolvedJob:
     partitioned: bool = False
     relid: int = 0  # the table's oid
     max_runtime: str | None = None  # as the server spells it
+    retry_after: str | None = None  # as the server spells it
+    retry_cap: str | None = None  # the schedule's period, when retry_after is set
 
     @property
     def predicate_search_path(self) -> str:
@@ -99,9 +102,17 @@ def validate(conn: psycopg.Connection[Any], config: Config) -> list[ResolvedJob]
             )
     with collect_problems(problems):
         batch_timeout_ms(conn, config)
+    # A bad top-level retry_after is one problem, not one per job that inherits it.
+    bad_default = None
+    if config.retry_after:
+        try:
+            resolve_retry_after(conn, config.source, config.retry_after)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            bad_default = config.retry_after
     for job in config.jobs:
         with collect_problems(problems):
-            resolved.append(_resolve(conn, job))
+            resolved.append(_resolve(conn, job, skip_retry=job.retry_after == bad_default))
     if problems:
         raise ConfigError(problems=problems)
     return resolved
@@ -124,7 +135,16 @@ def batch_timeout_ms(conn: psycopg.Connection[Any], config: Config) -> int:
     return ms
 
 
-def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
+def resolve_retry_after(conn: psycopg.Connection[Any], where: str, text: str) -> str:
+    """retry_after as the server spells it: an interval more than 0."""
+    value = interval(conn, where, "retry_after", text)
+    row = conn.execute("SELECT %s::interval = interval '0'", [value]).fetchone()
+    if row and row[0]:
+        raise ConfigError(f"{where}: retry_after: must be more than 0 (leave it out for no retries)")
+    return value
+
+
+def _resolve(conn: psycopg.Connection[Any], job: Job, *, skip_retry: bool = False) -> ResolvedJob:
     """One job against the catalog; every problem found is raised together (ConfigError.problems)."""
     where = f"job {job.name!r}"
     problems: list[str] = []
@@ -140,11 +160,17 @@ def _resolve(conn: psycopg.Connection[Any], job: Job) -> ResolvedJob:
             row = conn.execute("SELECT %s::interval = interval '0'", [max_runtime]).fetchone()
             if row and row[0]:
                 raise ConfigError(f"{where}: max_runtime: must be more than 0 (leave it out for no bound)")
+    retry_after = retry_cap = None
+    with collect_problems(problems):
+        if job.retry_after and not skip_retry:
+            retry_after = resolve_retry_after(conn, where, job.retry_after)
+            period = schedule.period(job.schedule)
+            retry_cap = interval(conn, where, "schedule", f"{period.days} days {period.seconds} seconds")
     with collect_problems(problems):
         resolved = _resolve_table(conn, job, retain or job.retain, max_age)
     if problems:
         raise ConfigError(problems=problems)
-    return replace(resolved, max_runtime=max_runtime)
+    return replace(resolved, max_runtime=max_runtime, retry_after=retry_after, retry_cap=retry_cap)
 
 
 def _resolve_table(conn: psycopg.Connection[Any], job: Job, retain: str, max_age: str | None) -> ResolvedJob:

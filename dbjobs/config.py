@@ -44,6 +44,9 @@ class Job:
     # The job's own value, else the top-level one.
     max_runtime: str | None = None
     fail_after: int | None = None
+    # After a failed run, run again this long after it ended, doubling per
+    # consecutive failure (None: wait for the schedule). See README "Retry with backoff".
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Config:
     # Defaults for the jobs' own keys of the same names (already applied to ``jobs``).
     max_runtime: str | None = None
     fail_after: int | None = None
+    retry_after: str | None = None
     source: str = BUILT_IN
     # The databases to work on, in order; empty: the one database of --dsn.
     databases: tuple[Database, ...] = ()
@@ -100,14 +104,14 @@ LEGACY_SCHEDULE_VARS = {
 
 TOP_KEYS = {
     "schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout", "jobs",
-    "max_runtime", "fail_after", "databases",
+    "max_runtime", "fail_after", "retry_after", "databases",
 }  # fmt: skip
 JOB_KEYS = {
     "table", "expires", "retain", "schedule", "batch_size", "where", "max_age", "partitions",
-    "max_runtime", "fail_after",
+    "max_runtime", "fail_after", "retry_after",
 }  # fmt: skip
 # Keys a job takes from the top level when it does not set them.
-INHERITED_KEYS = ("max_runtime", "fail_after")
+INHERITED_KEYS = ("max_runtime", "fail_after", "retry_after")
 # What a run does with the partitions of a range-partitioned table that lie
 # wholly past retention: drop them, detach them (left as tables of their own),
 # or delete their rows in batches like any other rows.
@@ -116,7 +120,7 @@ REQUIRED_JOB_KEYS = ("table", "expires", "retain", "schedule")
 # DBJOBS_<KEY> overrides a top-level key.
 ENV_KEYS = (
     "schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout",
-    "max_runtime", "fail_after",
+    "max_runtime", "fail_after", "retry_after",
 )  # fmt: skip
 
 
@@ -196,7 +200,8 @@ def parse_config(
     with collect_problems(problems):
         if values.get("fail_after") is not None:
             _check_fail_after(source, values["fail_after"])
-    for key in ("schema", "history_retention", "grace", "cron_timezone", "batch_timeout", "max_runtime"):
+    texts = ("schema", "history_retention", "grace", "cron_timezone", "batch_timeout", "max_runtime")
+    for key in (*texts, "retry_after"):
         if key in values:
             with collect_problems(problems):
                 _require_text(source, key, values[key])
@@ -306,9 +311,13 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
     with collect_problems(found):
         schedule_ = _parse_schedule(where, "schedule", spec["schedule"]) if "schedule" in spec else None
     max_runtime, fail_after = spec.get("max_runtime"), spec.get("fail_after")
+    retry_after = spec.get("retry_after")
     with collect_problems(found):
         if max_runtime is not None:
             _require_text(where, "max_runtime", max_runtime)
+    with collect_problems(found):
+        if retry_after is not None:
+            _require_text(where, "retry_after", retry_after)
     with collect_problems(found):
         if fail_after is not None:
             _check_fail_after(where, fail_after)
@@ -333,6 +342,7 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
         partitions=partitions,
         max_runtime=max_runtime,
         fail_after=fail_after,
+        retry_after=retry_after,
     )
 
 

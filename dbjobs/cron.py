@@ -27,6 +27,10 @@ NAME_PREFIX = "dbjobs:"
 # with a letter, so this one never collides with them.
 MAINTENANCE_JOB = "_maintenance"
 MAINTENANCE_SCHEDULE = "47 * * * *"
+# dbjobs' retry job, scheduled only while some job sets retry_after: each minute,
+# in the application's database, it runs the jobs whose retry is due.
+RETRY_JOB = "_retry"
+RETRY_SCHEDULE = "* * * * *"
 SCHEDULE_IN_DATABASE = "cron.schedule_in_database(text,text,text,text,text,boolean)"
 ALTER_JOB = "cron.alter_job(bigint,text,text,text,text,boolean)"
 MAX_JOBNAME_BYTES = 63  # pg_cron before 1.5 cuts job names to NAMEDATALEN - 1
@@ -197,6 +201,11 @@ def maintenance_command(database: str, retention: str) -> str:
 def command(schema: str, job: str) -> str:
     """The SQL that pg_cron runs for a job."""
     return f"CALL {sql.Identifier(schema).as_string(None)}.run_job({sql.Literal(job).as_string(None)})"
+
+
+def retry_command(schema: str) -> str:
+    """The SQL that pg_cron runs for dbjobs' retry job (see retry_due in sql/routines.sql)."""
+    return f"CALL {sql.Identifier(schema).as_string(None)}.retry_due()"
 
 
 USAGE_HINT = "a superuser must run: GRANT USAGE ON SCHEMA cron TO {role}"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from . import catalog, cron, sqlfiles
+from . import catalog, cron, schedule, sqlfiles
 from .config import Config
 from .errors import ConfigError, DbjobsError, one_line_error
 from .install import MIN_SERVER_VERSION
@@ -52,6 +53,7 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
         with cron.locate(conn, config, for_changes=False) as site:
             checks += _pg_cron_checks(site, preload, config)
             checks += _cron_history_checks(site)
+            cron_jobs = _cron_jobs(site)
     except DbjobsError as exc:
         checks.append(Check("pg_cron", "fail", str(exc)))
         return checks
@@ -72,6 +74,7 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
     checks += _index_checks(conn, jobs)
     checks += _foreign_key_checks(conn, jobs)
     checks += _row_security_checks(conn, jobs)
+    checks += _retry_checks(jobs, cron_jobs)
 
     try:
         report = status(conn, config)
@@ -223,6 +226,48 @@ SELECT j.jobid, j.jobname::text, j.nodename, j.nodeport, current_setting('port')
    AND coalesce(current_setting('cron.use_background_workers', true), 'off') <> 'on'
  ORDER BY j.jobid
 """
+
+
+def _cron_jobs(site: cron.CronSite) -> dict[str, cron.CronJob] | None:
+    """dbjobs' pg_cron jobs for this database (None: this role may not read them)."""
+    try:
+        with site.conn.transaction():
+            return site.jobs()
+    except psycopg.Error:
+        return None
+
+
+def _retry_checks(jobs: list[catalog.ResolvedJob], cron_jobs: dict[str, cron.CronJob] | None) -> list[Check]:
+    """retry_after needs dbjobs' _retry job in pg_cron; a job run every minute is never retried."""
+    retrying = [job for job in jobs if job.retry_after is not None]
+    if not retrying:
+        return []
+    names = ", ".join(job.name for job in retrying)
+    every_minute = [job.name for job in retrying if schedule.period(job.job.schedule) <= timedelta(minutes=1)]
+    note = (
+        f"; {', '.join(every_minute)} run every minute or more often, so their schedule retries them"
+        if every_minute
+        else ""
+    )
+    if cron_jobs is not None and cron.RETRY_JOB not in cron_jobs:
+        return [
+            Check(
+                "retries",
+                "warn",
+                f"{names} set retry_after, but dbjobs' {cron.RETRY_JOB} job is not in pg_cron: "
+                f"failed runs wait for the schedule{note}",
+                "run `dbjobs install`",
+            )
+        ]
+    registered = f" ({cron_jobs[cron.RETRY_JOB].jobname})" if cron_jobs else ""
+    return [
+        Check(
+            "retries",
+            "pass",
+            f"failed runs of {names} are run again after retry_after, doubling, by pg_cron's "
+            f"{cron.RETRY_JOB} job{registered}, every minute{note}",
+        )
+    ]
 
 
 def _cron_address_checks(site: cron.CronSite, names: list[str]) -> list[Check]:

@@ -92,6 +92,8 @@ class StoredJob:
     partitions: str
     max_runtime: str | None = None  # the job's own, else the top-level one
     fail_after: int | None = None
+    retry_after: str | None = None  # the job's own, else the top-level one
+    retry_cap: str | None = None  # the schedule's period, when retry_after is set
 
     @classmethod
     def of(cls, job: ResolvedJob) -> StoredJob:
@@ -108,6 +110,8 @@ class StoredJob:
             job.job.partitions,
             job.max_runtime,
             job.job.fail_after,
+            job.retry_after,
+            job.retry_cap,
         )
 
     def differences(self, other: StoredJob) -> list[str]:
@@ -169,6 +173,7 @@ def install(
         cron_jobs = site.jobs()
         _plan_jobs(plan, config, jobs, installed, cron_jobs)
         _plan_maintenance(plan, config, site, cron_jobs)
+        _plan_retry(plan, config, jobs, cron_jobs)
         _require_alter(site, config, jobs, cron_jobs)
         if plan.changed and not dry_run:
             plan.apply(Target(conn, site, config.schema))
@@ -290,7 +295,10 @@ def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, Sto
                        coalesce(to_jsonb(j) ->> 'partitions', 'drop') AS partitions,
                        -- (as the server spells the interval; absent before version 2)
                        (to_jsonb(j) ->> 'max_runtime')::interval::text AS max_runtime,
-                       (to_jsonb(j) ->> 'fail_after')::integer AS fail_after
+                       (to_jsonb(j) ->> 'fail_after')::integer AS fail_after,
+                       -- (absent before version 4)
+                       (to_jsonb(j) ->> 'retry_after')::interval::text AS retry_after,
+                       (to_jsonb(j) ->> 'retry_cap')::interval::text AS retry_cap
                   FROM {} AS j ORDER BY name
                 """
             ).format(sql.Identifier(schema, "job"))
@@ -321,7 +329,8 @@ def _plan_jobs(
             diffs = [_orphan_line(registered)]
         if diffs:
             plan.changes.append(Change("update", "job", job.name, ", ".join(diffs), write))
-    configured = {job.name for job in jobs} | {cron.MAINTENANCE_JOB}
+    # dbjobs' retry job is _plan_retry's (it removes it too).
+    configured = {job.name for job in jobs} | {cron.MAINTENANCE_JOB, cron.RETRY_JOB}
     for name in sorted((set(installed) | set(cron_jobs)) - configured):
         registered = cron_jobs.get(name)
         detail = f"pg_cron job {registered.jobid} ({registered.jobname})" if registered else "not in pg_cron"
@@ -419,6 +428,49 @@ def _plan_maintenance(
                 target.site.schedule(cron.MAINTENANCE_JOB, cron.MAINTENANCE_SCHEDULE, command, True)
 
         plan.changes.append(Change("update", "job", cron.MAINTENANCE_JOB, ", ".join(diffs), update))
+
+
+def _plan_retry(
+    plan: Plan, config: Config, jobs: list[ResolvedJob], cron_jobs: dict[str, cron.CronJob]
+) -> None:
+    """dbjobs' retry job, while some job sets retry_after (README "Retry with backoff"):
+    once a minute, in the application's database, as this role, like the cleanups."""
+    registered = cron_jobs.get(cron.RETRY_JOB)
+    retrying = [job.name for job in jobs if job.retry_after is not None]
+    if not retrying:
+        if registered is not None:
+
+            def remove(target: Target, registered: cron.CronJob = registered) -> None:
+                target.site.unschedule(registered.jobid)
+
+            detail = f"pg_cron job {registered.jobid} ({registered.jobname}): no job sets retry_after"
+            plan.changes.append(Change("remove", "job", cron.RETRY_JOB, detail, remove))
+        return
+    command = cron.retry_command(config.schema)
+    if registered is not None and registered.role_exists:
+        diffs = _cron_diffs(registered, cron.RETRY_SCHEDULE, command, config.enabled)
+    elif registered is not None:
+        diffs = [_orphan_line(registered)]
+    else:
+        diffs = []
+
+    def write(target: Target) -> None:
+        if registered is not None and registered.role_exists:
+            target.site.update(registered, cron.RETRY_SCHEDULE, command, config.enabled)
+            return
+        if registered is not None:  # pg_cron would go on running it as the dropped role
+            target.site.unschedule(registered.jobid)
+        target.site.schedule(cron.RETRY_JOB, cron.RETRY_SCHEDULE, command, config.enabled)
+
+    if registered is None:
+        state = "" if config.enabled else " (inactive: enabled = false)"
+        detail = (
+            f"run the failed runs of {', '.join(retrying)} again after retry_after, "
+            f"schedule '{cron.RETRY_SCHEDULE}'{state}"
+        )
+        plan.changes.append(Change("create", "job", cron.RETRY_JOB, detail, write))
+    elif diffs:
+        plan.changes.append(Change("update", "job", cron.RETRY_JOB, ", ".join(diffs), write))
 
 
 def _cron_diffs(registered: cron.CronJob | None, schedule: str, command: str, active: bool) -> list[str]:

@@ -128,6 +128,43 @@ def next_fire(expression: str, after: datetime, timezone: str = "UTC") -> dateti
     return _next_fire(NICKNAMES.get(expression, expression), minute, timezone)
 
 
+# period() looks at this many fire times, over at most this long, from a fixed
+# start: the same schedule always gives the same period (install compares it).
+_PERIOD_FIRES = 5000
+_PERIOD_SPAN = timedelta(days=5 * 366)
+_PERIOD_FROM = datetime(2025, 1, 1)
+
+
+def period(expression: str) -> timedelta:
+    """The shortest time between two fire times of a (normalized) schedule, in UTC.
+
+    What a retry's backoff is capped at (README "Retry with backoff"): one
+    period for a regular schedule (``*/15 * * * *``: 15 minutes), the shortest
+    gap for an irregular one (``0 2,3 * * *``: 1 hour). Read over the first
+    5,000 fire times or 5 years from a fixed date, whichever comes first; a
+    schedule that fires once in that span (``0 0 29 2 *``) gives the span.
+    """
+    seconds = interval_seconds(expression)
+    if seconds is not None:
+        return timedelta(seconds=seconds)
+    return _period(_cronsim_form(NICKNAMES.get(expression, expression)))
+
+
+@lru_cache(maxsize=256)
+def _period(expression: str) -> timedelta:
+    end = _PERIOD_FROM + _PERIOD_SPAN
+    shortest, previous = _PERIOD_SPAN, None
+    for n, fire in enumerate(CronSim(expression, _PERIOD_FROM)):
+        if fire > end or n >= _PERIOD_FIRES:
+            break
+        if previous is not None:
+            shortest = min(shortest, fire - previous)
+            if shortest <= _MINUTE:  # nothing fires more often than once a minute
+                break
+        previous = fire
+    return shortest
+
+
 def zone(name: str) -> tzinfo:
     """The zone a ``cron.timezone`` value names (case-insensitively, as PostgreSQL reads it)."""
     return _zone(name)

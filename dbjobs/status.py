@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import class_row
 
 from . import cron, schedule, sqlfiles
@@ -56,7 +56,7 @@ class JobStatus:
     status: str
     last_run_at: datetime | None = None
     last_run_status: str | None = None
-    last_trigger: str | None = None  # scheduled | manual, for dbjobs' own runs
+    last_trigger: str | None = None  # scheduled | manual | retry, for dbjobs' own runs
     last_success_at: datetime | None = None
     last_error: str | None = None
     last_rows_deleted: int | None = None
@@ -77,6 +77,8 @@ class JobStatus:
     max_runtime_seconds: float | None = None
     # Runs per outcome since install (dbjobs_job_runs_total).
     runs_total: dict[str, int] | None = None
+    # When dbjobs' _retry job runs it again after its failed run (retry_after; None: no retry due).
+    retry_at: datetime | None = None
     # Why the job is warn (or fail) although its state alone would pass.
     warnings: list[str] = field(default_factory=list)
     # status(backlog=True): the rows eligible for deletion now (exact up to a
@@ -177,6 +179,7 @@ class JobFacts:
     cron_pending: str | None = None
     cron_pending_start: datetime | None = None
     cron_previous_end: datetime | None = None
+    retry: tuple[timedelta, timedelta] | None = None  # (retry_after, retry_cap) when retry_after is set
 
 
 # A job whose latest runs all stopped at max_runtime never catches up.
@@ -312,6 +315,7 @@ def status(
             cron_pending=pending[row.name][0] if row.name in pending else None,
             cron_pending_start=pending[row.name][1] if row.name in pending else None,
             cron_previous_end=cron_run.finished_at if cron_run else None,
+            retry=_retry_settings(conn, row.definition),
         )
         job = job_status(
             row.name,
@@ -463,6 +467,7 @@ def job_status(
         running_rows=facts.running_rows,
         max_runtime_seconds=facts.max_runtime.total_seconds() if facts.max_runtime is not None else None,
         runs_total=facts.runs_total,
+        retry_at=retry_at(facts) if scheduled else None,
         warnings=warnings,
     )
 
@@ -518,6 +523,36 @@ def _stuck(schedule_: str, facts: JobFacts, now: datetime, grace: timedelta, tim
         f"than {_span(bound)}: pg_cron gives up on a connection after 10 s, so its scheduler is stuck "
         "(pg_stat_activity shows what the 'pg_cron scheduler' waits for)"
     )
+
+
+def retry_at(facts: JobFacts) -> datetime | None:
+    """When dbjobs' _retry job runs the job again, by the rule of retries() in sql/routines.sql: its
+    latest run (in dbjobs' history) failed, n runs in a row, and retry_after * 2^(n - 1) after it
+    ended comes at least a minute before one period after the minute it started."""
+    last = facts.last_run
+    if facts.retry is None or last is None or last.status != "failed" or not last.at or not last.finished_at:
+        return None
+    after, cap = facts.retry
+    failures = max(facts.consecutive_failures or 1, 1)
+    seconds = after.total_seconds() * 2.0 ** min(failures - 1, 100)
+    before_next = last.at.replace(second=0, microsecond=0) + cap - timedelta(minutes=1) - last.finished_at
+    if seconds > before_next.total_seconds():
+        return None
+    return last.finished_at + timedelta(seconds=seconds)
+
+
+def _retry_settings(
+    conn: psycopg.Connection[Any], definition: dict[str, Any] | None
+) -> tuple[timedelta, timedelta] | None:
+    """A job's retry_after and retry_cap, from its row as status_history() returns it (intervals as text)."""
+    after, cap = (definition or {}).get("retry_after"), (definition or {}).get("retry_cap")
+    if after is None or cap is None:
+        return None
+    oid = conn.adapters.types["interval"].oid
+    loader = conn.adapters.get_loader(oid, pq.Format.TEXT)
+    assert loader is not None
+    load = loader(oid, conn).load
+    return load(str(after).encode()), load(str(cap).encode())
 
 
 def _moment(when: datetime) -> str:
@@ -617,7 +652,7 @@ def _history(conn: psycopg.Connection[Any], schema: str, asked: list[str]) -> li
 # What status compares between a configuration file and the job table.
 _COMPARED = (
     "table", "expires", "retain", "where", "batch_size", "schedule", "max_age", "partitions",
-    "max_runtime", "fail_after",
+    "max_runtime", "fail_after", "retry_after",
 )  # fmt: skip
 
 
@@ -641,11 +676,12 @@ def _drift(
                     "retains": [job.retain for job in config.jobs],
                     "max_ages": [job.max_age for job in config.jobs],
                     "max_runtimes": [job.max_runtime for job in config.jobs],
+                    "retry_afters": [job.retry_after for job in config.jobs],
                 },
             ).fetchall()
     except psycopg.Error as exc:
         return [f"{source} cannot be compared with what is installed: {one_line_error(str(exc))}"]
-    for job, (table, retain, max_age, max_runtime) in zip(config.jobs, resolved, strict=True):
+    for job, (table, retain, max_age, max_runtime, retry_after) in zip(config.jobs, resolved, strict=True):
         have = installed.pop(job.name, None)
         if have is None:
             lines.append(f"job {job.name!r} is in {source} but not installed: run `dbjobs install`")
@@ -661,6 +697,7 @@ def _drift(
             "partitions": job.partitions,
             "max_runtime": max_runtime,
             "fail_after": job.fail_after,
+            "retry_after": retry_after,
         }
         stored = dict(
             have, table=_qualified(have["table_schema"], have["table_name"]), where=have["predicate"]

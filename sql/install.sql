@@ -20,7 +20,7 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
                                       'sweep_batch', 'index_batch', 'delete_held', 'delete_counted',
                                       'cascade_counts', 'cascaded_since', 'count_batch', 'count_outcome',
                                       'count_expired', 'backlog_left', 'status_backlog', 'run_event',
-                                      'status_events'))
+                                      'status_events', 'retries', 'retry_due'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;
 

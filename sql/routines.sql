@@ -1167,6 +1167,103 @@ $$;
 
 
 -- ===========================================================================
+-- Retries
+-- ===========================================================================
+
+-- The jobs with retry_after whose latest finished run failed, and when each
+-- is to run again: that run's end plus retry_after * 2^(failures - 1), where
+-- failures counts the failed runs since the job's latest success or partial
+-- run (as status's consecutive_failures, up to 1000). A job is left out when
+-- that comes later than a minute before one period (retry_cap, the shortest
+-- time between two fire times of its schedule, computed by install) after
+-- the failed run's minute: its schedule fires first, and the scheduled run is
+-- the retry (the retry job, once a minute, would meet it in the same minute).
+-- So the backoff is capped by the period, retries stop within each period,
+-- and a job scheduled every minute is never retried. Whether a run of the job
+-- is going is for retry_due to see.
+CREATE FUNCTION @schema@.retries()
+RETURNS TABLE (name text, failures bigint, failed_at timestamptz, retry_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+-- The planner's cost for the count of failures (up to 1000 probes) passes
+-- jit_above_cost, and compiling the query took 300 ms of a call that
+-- otherwise takes a fraction of a millisecond, every minute.
+SET jit = off
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT j.name, f.n, last.finished_at, last.finished_at + make_interval(secs => d.seconds)
+      FROM @schema@.job j
+      CROSS JOIN LATERAL (
+            SELECT r.started_at, r.finished_at, r.status
+              FROM @schema@.run r
+             WHERE r.job = j.name AND r.status IN ('succeeded', 'failed', 'partial')
+             ORDER BY r.id DESC LIMIT 1) last
+      -- Each one probe of a partial index, as in status_history.
+      LEFT JOIN LATERAL (
+            SELECT r.id FROM @schema@.run r
+             WHERE r.job = j.name AND r.status = 'succeeded'
+             ORDER BY r.id DESC LIMIT 1) success ON true
+      LEFT JOIN LATERAL (
+            SELECT r.id FROM @schema@.run r
+             WHERE r.job = j.name AND r.status = 'partial'
+             ORDER BY r.id DESC LIMIT 1) part ON true
+      CROSS JOIN LATERAL (
+            SELECT greatest(count(*), 1) AS n FROM (
+                SELECT FROM @schema@.run r
+                 WHERE r.job = j.name AND r.status = 'failed'
+                   AND r.id > greatest(success.id, part.id, 0)
+                 LIMIT 1000) x) f
+      -- In seconds, as a double: retry_after doubled hundreds of times is no interval.
+      CROSS JOIN LATERAL (
+            SELECT extract(epoch FROM j.retry_after)::float8 * 2 ^ least(f.n - 1, 100) AS seconds,
+                   extract(epoch FROM date_trunc('minute', last.started_at) + j.retry_cap
+                                      - interval '1 minute' - last.finished_at)::float8 AS before_next) d
+     WHERE j.retry_after IS NOT NULL AND j.retry_cap IS NOT NULL
+       AND last.status = 'failed'
+       AND d.seconds <= d.before_next;
+END
+$$;
+
+
+-- What dbjobs' retry job runs every minute: `CALL @schema@.retry_due()`. Each
+-- job whose retry is due (see retries), the earliest first, is run by run_job
+-- with trigger 'retry', unless a run of it is going: its lock is held, and
+-- the job is passed over without recording a skipped run. A retry that fails
+-- fails this CALL as run_job does (pg_cron's history says so), and the jobs
+-- after it wait for the next minute: run_job COMMITs, so it cannot be called
+-- inside a block that catches its error (a subtransaction).
+--
+-- No SET clause: a nested CALL may COMMIT only when no routine of the call
+-- chain has one. It calls only schema-qualified routines.
+CREATE PROCEDURE @schema@.retry_due()
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    due text[] := ARRAY(SELECT r.name FROM @schema@.retries() r
+                         WHERE r.retry_at <= pg_catalog.now() ORDER BY r.retry_at, r.name);
+    job_name text;
+    run_id bigint;  -- run_job's INOUT argument, which a CALL in PL/pgSQL must give a variable
+BEGIN
+    FOREACH job_name IN ARRAY due LOOP
+        -- Still due? A retry before it took time, in which its own schedule may have run it.
+        CONTINUE WHEN NOT EXISTS (SELECT FROM @schema@.retries() r
+                                   WHERE r.name = job_name AND r.retry_at <= pg_catalog.clock_timestamp());
+        CONTINUE WHEN NOT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('dbjobs.run'),
+                                                          pg_catalog.hashtext(job_name));
+        -- Released before run_job takes it again: a run started in between makes
+        -- this one skipped, as any two runs at once do.
+        PERFORM pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('dbjobs.run'), pg_catalog.hashtext(job_name));
+        run_id := NULL;
+        CALL @schema@.run_job(job_name, 'retry', run_id);
+    END LOOP;
+END
+$$;
+
+
+-- ===========================================================================
 -- Status
 -- ===========================================================================
 

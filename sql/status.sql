@@ -65,9 +65,11 @@ SELECT (SELECT ARRAY[n.nspname::text, c.relname::text]
          WHERE c.oid = to_regclass(u.tbl)),
        u.retain::interval::text,
        u.max_age::interval::text,
-       u.max_runtime::interval::text
-  FROM unnest(%(tables)s::text[], %(retains)s::text[], %(max_ages)s::text[], %(max_runtimes)s::text[])
-       WITH ORDINALITY AS u(tbl, retain, max_age, max_runtime, i)
+       u.max_runtime::interval::text,
+       u.retry_after::interval::text
+  FROM unnest(%(tables)s::text[], %(retains)s::text[], %(max_ages)s::text[], %(max_runtimes)s::text[],
+              %(retry_afters)s::text[])
+       WITH ORDINALITY AS u(tbl, retain, max_age, max_runtime, retry_after, i)
  ORDER BY u.i;
 
 -- name: cron_failures

@@ -55,7 +55,13 @@ CREATE TABLE @schema@.job (
     -- 'partial' (NULL: unbounded); this many consecutive failed runs make the
     -- job's status 'fail' (NULL: never).
     max_runtime  interval CHECK (max_runtime > interval '0'),
-    fail_after   integer CHECK (fail_after > 0)
+    fail_after   integer CHECK (fail_after > 0),
+    -- After a failed run, retry_due runs the job again retry_after after it
+    -- ended, doubling per consecutive failure, while that stays below
+    -- retry_cap: the schedule's period (its shortest gap), computed by
+    -- install. Both NULL: no retries.
+    retry_after  interval CHECK (retry_after > interval '0'),
+    retry_cap    interval
 );
 
 -- Every run, scheduled or manual, including skipped and failed ones.
@@ -63,7 +69,8 @@ CREATE TABLE @schema@.job (
 CREATE TABLE @schema@.run (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job                text NOT NULL,
-    trigger            text NOT NULL CHECK (trigger IN ('scheduled', 'manual')),
+    -- retry: started by retry_due after a failed run (retry_after).
+    trigger            text NOT NULL CHECK (trigger IN ('scheduled', 'manual', 'retry')),
     -- partial: stopped at the job's max_runtime, progress that the next run goes on from.
     status             text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'skipped', 'partial')),
     started_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -137,4 +144,4 @@ CREATE TABLE @schema@.run_count (
 );
 
 -- The version of these tables: the number of the last file in migrations/.
-INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '3');
+INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '4');

@@ -90,3 +90,11 @@ def test_fleet_benchmark_smoke() -> None:
     assert lines[1].startswith("fleet.read_all (parallel)") and "per database" in lines[1]
     assert lines[2].startswith("3 sequential calls") and "per database" in lines[2]
     assert lines[3].startswith("ratio: sequential / parallel = ")
+
+
+def test_retry_benchmark_smoke() -> None:
+    lines = bench("retry.py", "--rows", "4000", "--repeat", "20")
+    assert "4,001 runs of 4 jobs" in lines[0]
+    assert lines[1].startswith("CALL retry_due() (nothing due)") and "p95" in lines[1]
+    assert lines[3].startswith("the same check, JIT allowed")
+    assert lines[4].startswith("ratio: retry_due p95 / empty CALL p95 = ")

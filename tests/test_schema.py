@@ -43,6 +43,8 @@ def test_functions_pin_search_path_and_are_not_public(app: AppDb, dbjobs_cli) ->
         "dbjobs.status_runs(text[],integer)",
         "dbjobs.status_backlog(text)",
         "dbjobs.start_run(text,text)",
+        "dbjobs.retry_due()",
+        "dbjobs.retries()",
     } <= {r[0] for r in routines}
     # Uninstall knows every one of them for dbjobs' own.
     with psycopg.connect(app.dsn) as conn:
