@@ -52,6 +52,8 @@ class JobStatus:
     # ON DELETE CASCADE per child table (counted as they went; None: none).
     last_rows_skipped: int | None = None
     cascaded_rows: dict[str, int] | None = None
+    # The time the last finished run waited for lagging standbys (max_replica_lag).
+    last_replica_wait_seconds: float | None = None
     # Failed runs since the latest success or partial run (dbjobs' history;
     # counted up to 1000), and the fail_after that turns them into a fail.
     consecutive_failures: int | None = None
@@ -121,6 +123,7 @@ class LastRun:
     trigger: str | None = None
     rows_skipped: int | None = None
     cascaded_rows: dict[str, int] | None = None
+    replica_waited: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class InstalledJob:
     max_runtime: timedelta | None
     fail_after: int | None
     runs: dict[str, int] | None
+    replica_waited: timedelta | None = None  # absent from an install older than version 3
 
     @property
     def schedule(self) -> str:
@@ -193,6 +197,7 @@ class InstalledJob:
             self.run_trigger,
             self.rows_skipped,
             self.cascaded_rows,
+            self.replica_waited,
         )
 
 
@@ -395,6 +400,9 @@ def job_status(
         last_rows_deleted=last.rows_deleted if last else None,
         last_rows_skipped=last.rows_skipped if last else None,
         cascaded_rows=last.cascaded_rows if last else None,
+        last_replica_wait_seconds=(
+            last.replica_waited.total_seconds() if last and last.replica_waited is not None else None
+        ),
         last_duration_ms=duration,
         next_run_at=schedule.next_fire(schedule_, now, timezone) if scheduled else None,
         stale_at=stale_at if scheduled else None,

@@ -18,7 +18,9 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
                                       'next_target', 'remove_partition', 'delete_batch', 'finish_run', 'run_job',
                                       'status_history', 'status_cron', 'one_line_error', 'dry_run', 'expired_estimate',
                                       'sweep_batch', 'index_batch', 'delete_held', 'delete_counted',
-                                      'cascade_counts', 'cascaded_since', 'count_batch', 'count_outcome'))
+                                      'cascade_counts', 'cascaded_since', 'count_batch', 'count_outcome',
+                                      'between_batches', 'replicas_behind', 'replica_lag_readable', 'moved_rows',
+                                      'archive_insert'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;
 

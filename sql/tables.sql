@@ -55,7 +55,16 @@ CREATE TABLE @schema@.job (
     -- 'partial' (NULL: unbounded); this many consecutive failed runs make the
     -- job's status 'fail' (NULL: never).
     max_runtime  interval CHECK (max_runtime > interval '0'),
-    fail_after   integer CHECK (fail_after > 0)
+    fail_after   integer CHECK (fail_after > 0),
+    -- Gentle runs (see run_job): between batches, wait while a standby's
+    -- replay lags more than max_replica_lag (NULL: never); pause batch_pause
+    -- after each batch that deleted rows (NULL: no pause).
+    max_replica_lag interval CHECK (max_replica_lag > interval '0'),
+    batch_pause  interval CHECK (batch_pause >= interval '0'),
+    -- The table each batch moves its rows into (schema.table, quoted as
+    -- needed; NULL: rows are deleted), and whose schema partitions past
+    -- retention move to (see moved_rows, remove_partition).
+    archive      text
 );
 
 -- Every run, scheduled or manual, including skipped and failed ones.
@@ -108,7 +117,9 @@ CREATE TABLE @schema@.run (
     -- exactly, per statement, from the transaction's own statistics (see
     -- cascade_counts).
     cascade_tables     oid[],
-    cascaded_rows      jsonb
+    cascaded_rows      jsonb,
+    -- The time the run spent waiting for its standbys to catch up (max_replica_lag).
+    replica_waited     interval NOT NULL DEFAULT interval '0'
 );
 -- Status reads "the latest run of each job" and "the latest success of each
 -- job": each is one index probe (ORDER BY id DESC LIMIT 1) at any history size.
@@ -133,4 +144,4 @@ CREATE TABLE @schema@.run_count (
 );
 
 -- The version of these tables: the number of the last file in migrations/.
-INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '2');
+INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '3');
