@@ -466,7 +466,7 @@ def _history(conn: psycopg.Connection[Any], schema: str, asked: list[str]) -> li
 # What status compares between a configuration file and the job table.
 _COMPARED = (
     "table", "expires", "retain", "where", "batch_size", "schedule", "max_age", "partitions",
-    "max_runtime", "fail_after",
+    "max_runtime", "fail_after", "max_replica_lag", "batch_pause", "archive",
 )  # fmt: skip
 
 
@@ -490,11 +490,16 @@ def _drift(
                     "retains": [job.retain for job in config.jobs],
                     "max_ages": [job.max_age for job in config.jobs],
                     "max_runtimes": [job.max_runtime for job in config.jobs],
+                    "lags": [job.max_replica_lag for job in config.jobs],
+                    "pauses": [job.batch_pause for job in config.jobs],
+                    "archives": [job.archive for job in config.jobs],
                 },
             ).fetchall()
     except psycopg.Error as exc:
         return [f"{source} cannot be compared with what is installed: {one_line_error(str(exc))}"]
-    for job, (table, retain, max_age, max_runtime) in zip(config.jobs, resolved, strict=True):
+    for job, (table, retain, max_age, max_runtime, lag, pause, archive) in zip(
+        config.jobs, resolved, strict=True
+    ):
         have = installed.pop(job.name, None)
         if have is None:
             lines.append(f"job {job.name!r} is in {source} but not installed: run `dbjobs install`")
@@ -510,6 +515,9 @@ def _drift(
             "partitions": job.partitions,
             "max_runtime": max_runtime,
             "fail_after": job.fail_after,
+            "max_replica_lag": lag,
+            "batch_pause": pause,
+            "archive": archive,
         }
         stored = dict(
             have, table=_qualified(have["table_schema"], have["table_name"]), where=have["predicate"]

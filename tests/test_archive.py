@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import AppDb
 from tests.devserver import ThrowawayServer
-from tests.faults import need_local_servers, query, restart, wait_for
+from tests.faults import need_local_servers, query, restart, status_json, wait_for
 
 # Every kind of column LIKE has to carry: an identity, a default, a generated one, NOT NULL.
 SESSIONS = """
@@ -142,6 +142,15 @@ def test_an_archive_that_does_not_fit_is_refused(
     assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
     assert dbjobs_cli("--dsn", app.dsn, "run", "sessions").code == 0
     assert app.execute("SELECT count(*), count(archived_at) FROM archive.sessions") == [(10, 10)]
+    # Status compares the archive as install stored it: no drift, until the configuration changes.
+    _, report = status_json(dbjobs_cli, app.dsn, "--config", path)
+    assert report["drift"] == []
+    other = write_config(JOB.format(batch=100).replace("archive.sessions", "archive.other"), "other.toml")
+    _, report = status_json(dbjobs_cli, app.dsn, "--config", other)
+    assert report["drift"] == [
+        f"job 'sessions' differs from {other} "
+        '(archive \'"archive"."sessions"\' -> \'"archive"."other"\'): run `dbjobs install`'
+    ]
 
 
 PARTITIONED = """

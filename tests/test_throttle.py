@@ -205,6 +205,8 @@ def test_no_standby_no_wait(app_separate: AppDb, dbjobs_cli: Any, write_config: 
         assert dbjobs_cli("--dsn", dsn, "run", "sessions").code == 0
         status, deleted, waited, error = latest_run(dsn)
         assert (status, deleted, waited, error) == ("succeeded", ROWS, 0.0, None)
+        _, report = status_json(dbjobs_cli, dsn, "--config", path)
+        assert report["drift"] == []
 
 
 def test_batch_pause_spaces_the_batches(app_separate: AppDb, dbjobs_cli: Any, write_config: Any) -> None:
