@@ -125,6 +125,9 @@ DECLARE
     -- The job's max_runtime (NULL: unbounded): checked between batches, so a
     -- run may overrun it by one batch, which batch_timeout bounds.
     bound interval := (SELECT j.max_runtime FROM @schema@.job j WHERE j.name = job_name);
+    -- Whether it waits between batches at all (batch_pause, max_replica_lag).
+    gentle boolean := (SELECT j.batch_pause > interval '0' OR j.max_replica_lag IS NOT NULL
+                         FROM @schema@.job j WHERE j.name = job_name);
     began timestamptz := clock_timestamp();
     stopped boolean := false;
     -- The primary's WAL position when the standbys were last seen caught up
@@ -174,7 +177,7 @@ BEGIN
         END IF;
         -- After a batch that deleted rows: batch_pause, and the wait for
         -- lagging standbys (max_replica_lag), each bounded by max_runtime.
-        IF deleted > 0 THEN
+        IF deleted > 0 AND gentle THEN
             CALL @schema@.between_batches(run_id, began + bound, lag_mark, lag_mark_at, stopped);
             EXIT WHEN stopped;
         END IF;
