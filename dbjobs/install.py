@@ -325,6 +325,8 @@ def _plan_jobs(
         if have is None:
             state = "" if config.enabled else " (inactive: enabled = false)"
             detail = f"delete from {job.qualified_table} {_rule_text(job)}, schedule '{want.schedule}'{state}"
+            if job.archive:
+                detail = f"move into {job.archive}, " + detail
             plan.changes.append(Change("create", "job", job.name, detail, write))
             continue
         diffs = have.differences(want) + _cron_diffs(registered, want.schedule, command, config.enabled)

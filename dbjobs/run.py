@@ -60,6 +60,8 @@ class RunResult:
     def _extras(self) -> str:
         """What else the run did: rows it left to a later run, rows that went by cascade."""
         notes = []
+        if self.partitions_mode == "archive" and self.rows_deleted:
+            notes.append("moved into the archive")
         if self.rows_skipped:
             notes.append(f"{self.rows_skipped} skipped: locked, left for a later run")
         if self.cascaded_rows:

@@ -75,6 +75,9 @@ def test_rows_move_into_an_archive_install_creates(
         'create table "archive"."sessions": archive of job \'sessions\', with the columns of '
         f'"{app.schema}"."sessions"'
     )
+    assert installed.out.splitlines()[2].startswith(
+        'create job sessions: move into "archive"."sessions", delete from '
+    )
     # Columns and types of the table, NOT NULL, nothing that could refuse a moved row.
     assert app.execute(
         "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull, attgenerated = '', attidentity"
@@ -91,6 +94,7 @@ def test_rows_move_into_an_archive_install_creates(
     ) == [(0,)]
     ran = dbjobs_cli("--dsn", app.dsn, "run", "sessions")
     assert ran.code == 0 and ran.out.startswith(f"sessions: deleted {expired} rows"), ran.out + ran.err
+    assert ran.out.rstrip().endswith("(moved into the archive)")
     assert app.execute("SELECT strategy FROM dbjobs.run") == [("sweep" if expired > 100 else "index",)]
     assert app.count("sessions") == 3000 - expired
     moved = app.execute("SELECT to_jsonb(a) FROM archive.sessions a ORDER BY id")
@@ -103,6 +107,7 @@ def test_rows_move_into_an_archive_install_creates(
     assert old > 0
     cleaned = dbjobs_cli("--dsn", app.dsn, "run", "archived")
     assert cleaned.out.startswith(f"archived: deleted {old} rows"), cleaned.out + cleaned.err
+    assert "moved into" not in cleaned.out
     assert app.count("archive.sessions", "expires_at < now() - interval '10 days'") == 0
     assert app.count("archive.sessions") == expired - old
 
