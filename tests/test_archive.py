@@ -129,6 +129,14 @@ def test_an_archive_that_does_not_fit_is_refused(
             "has column archived_at NOT NULL without a default, which the source has not"
         ),
     }
+    for archive, line in {
+        "a.b.c": "'a.b.c' is not a table name: write schema.table",
+        "nowhere.sessions": "schema 'nowhere' does not exist: CREATE SCHEMA it first",
+        "sessions": '"public"."sessions" is the job\'s own table: name another table',
+    }.items():
+        bad = write_config(JOB.format(batch=100).replace("archive.sessions", archive), "bad.toml")
+        refused = dbjobs_cli("--dsn", app.dsn, "--config", bad, "install")
+        assert (refused.code, refused.err.strip()) == (2, f"dbjobs: error: job 'sessions': archive: {line}")
     for ddl, why in cases.items():
         app.execute("DROP TABLE IF EXISTS archive.sessions;" + ddl)
         refused = dbjobs_cli("--dsn", app.dsn, "--config", path, "install")

@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from dbjobs.config import parse_config
+from dbjobs.errors import ConfigError
 from tests.conftest import AppDb
 from tests.devserver import ThrowawayServer
 from tests.faults import jobs_by_name, need_local_servers, query, status_json, wait_for
@@ -254,3 +256,17 @@ def test_batch_pause_spaces_the_batches(app_separate: AppDb, dbjobs_cli: Any, wr
     thread.join(30)
     assert not errors, errors
     assert latest_run(app_separate.dsn)[:2] == ("partial", 100)
+
+
+def test_the_settings_are_checked() -> None:
+    """Each bad value is one line naming the job and key."""
+    job = {"table": "t", "expires": "x", "retain": "1 day", "schedule": "0 3 * * *"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"max_replica_lag": 10, "jobs": {"a": {**job, "batch_pause": 5, "archive": ""}}})
+    assert caught.value.problems == [
+        "config: max_replica_lag must be a non-empty string, not 10",
+        "job 'a': batch_pause must be a non-empty string, not 5",
+        "job 'a': archive must be a non-empty string, not ''",
+    ]
+    inherited = parse_config({"batch_pause": "1 s", "jobs": {"a": job, "b": {**job, "batch_pause": "2 s"}}})
+    assert [j.batch_pause for j in inherited.jobs] == ["1 s", "2 s"]
