@@ -209,6 +209,16 @@ def test_no_standby_no_wait(app_separate: AppDb, dbjobs_cli: Any, write_config: 
         assert (status, deleted, waited, error) == ("succeeded", ROWS, 0.0, None)
         _, report = status_json(dbjobs_cli, dsn, "--config", path)
         assert report["drift"] == []
+        # The grant revoked since: the run fails on its first step, deleting nothing unthrottled.
+        app_separate.cron(sql.SQL("REVOKE pg_monitor FROM {}").format(sql.Identifier(role)))
+        app_separate.execute("INSERT INTO sessions VALUES (0, now() - interval '2 days')")
+        assert dbjobs_cli("--dsn", dsn, "run", "sessions").code == 1
+        status, deleted, waited, error = latest_run(dsn)
+        assert (status, deleted) == ("failed", 0)
+        assert error == (
+            f"max_replica_lag: role {role} may not read the standbys' replay lag "
+            f"hint: GRANT pg_monitor TO {role}, or leave max_replica_lag out and install again"
+        )
 
 
 def test_batch_pause_spaces_the_batches(app_separate: AppDb, dbjobs_cli: Any, write_config: Any) -> None:
