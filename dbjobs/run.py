@@ -244,7 +244,7 @@ class DryRun:
     oldest: datetime | None  # the range of the expiry times among them
     newest: datetime | None
     partitions: list[str]  # that it would drop or detach
-    partitions_mode: str | None  # drop | detach, when there are any
+    partitions_mode: str | None  # drop | detach | archive (moved), when there are any
     cutoff: datetime
 
     def line(self) -> str:
@@ -254,7 +254,9 @@ class DryRun:
             line += f" expired from {_iso(self.oldest)} to {_iso(self.newest)}"
         line += f" (cutoff {_iso(self.cutoff)})"
         if self.partitions:
-            verb = "detach" if self.partitions_mode == "detach" else "drop"
+            verb = {"detach": "detach", "archive": "move to the archive's schema"}.get(
+                self.partitions_mode or "", "drop"
+            )
             line += f", and {verb} {len(self.partitions)} partition(s): {', '.join(self.partitions)}"
         return line
 

@@ -841,7 +841,8 @@ BEGIN
         j.table_schema, j.table_name, @schema@.expired_rule(j))
     USING at,
           ARRAY(SELECT r::regclass::text FROM unnest(removable) AS r),
-          CASE WHEN cardinality(removable) > 0 THEN j.partitions END;
+          CASE WHEN cardinality(removable) > 0 THEN CASE WHEN j.archive IS NOT NULL THEN 'archive'
+                                                         ELSE j.partitions END END;
 END
 $$;
 

@@ -186,6 +186,8 @@ def test_partitions_past_retention_move_into_the_archive_schema(
         'archive = "archive.events"\n'
     )
     assert dbjobs_cli("--dsn", app.dsn, "--config", path, "install").code == 0
+    dry = dbjobs_cli("--dsn", app.dsn, "run", "events", "--dry-run")
+    assert dry.out.splitlines()[0].endswith(", and move to the archive's schema 1 partition(s): events_old")
     ran = dbjobs_cli("--dsn", app.dsn, "run", "events")
     assert ran.code == 0, ran.err
     assert "and moved to the archive's schema 1 partition" in ran.out
