@@ -168,6 +168,12 @@ def test_a_run_waits_for_a_paused_standby_then_goes_on(pair: Pair, sessions: Any
     assert code in (0, 1), report
     job = jobs_by_name(report)["sessions"]
     assert job["last_replica_wait_seconds"] == pytest.approx(waited, abs=0.01)
+    metrics = dbjobs_cli("--dsn", pair.app, "status", "--format", "prometheus").out
+    [sample] = [
+        line for line in metrics.splitlines() if line.startswith("dbjobs_job_last_replica_wait_seconds{")
+    ]
+    assert sample.startswith('dbjobs_job_last_replica_wait_seconds{job="sessions"} ')
+    assert float(sample.split()[-1]) == pytest.approx(waited, abs=0.01)
 
 
 def test_a_run_waiting_for_a_standby_ends_partial_at_max_runtime(
