@@ -112,6 +112,28 @@ def test_rows_move_into_an_archive_install_creates(
     assert app.count("archive.sessions") == expired - old
 
 
+@pytest.mark.parametrize("expired", [150, 5])  # a physical sweep; index-driven batches
+def test_rows_the_application_holds_stay_unarchived(
+    app_separate: AppDb, dbjobs_cli: Any, write_config: Any, expired: int
+) -> None:
+    """A batch that meets a locked row moves the others (SKIP LOCKED); the held one stays for later."""
+    app = app_separate
+    app.execute(SESSIONS % {"expired": expired, "total": 200})
+    assert dbjobs_cli("--dsn", app.dsn, "--config", write_config(JOB.format(batch=100)), "install").code == 0
+    with psycopg.connect(app.dsn) as holder:
+        holder.execute("SELECT 1 FROM sessions WHERE id = 3 FOR UPDATE")
+        ran = dbjobs_cli("--dsn", app.dsn, "run", "sessions")
+        holder.rollback()
+    assert ran.code == 0, ran.err
+    assert ids(app.dsn, "archive.sessions") == [i for i in range(1, expired + 1) if i != 3]
+    # A sweep counts the rows it left; index-driven batches skip them without counting.
+    assert app.execute("SELECT rows_deleted, rows_skipped FROM dbjobs.run") == [
+        (expired - 1, 1 if expired > 100 else 0)
+    ]
+    assert dbjobs_cli("--dsn", app.dsn, "run", "sessions").code == 0
+    assert ids(app.dsn, "archive.sessions") == list(range(1, expired + 1))
+
+
 def test_an_archive_that_does_not_fit_is_refused(
     app_separate: AppDb, dbjobs_cli: Any, write_config: Any
 ) -> None:
