@@ -198,11 +198,13 @@ $$;
 -- batch_pause, then waits while a standby lags more than its max_replica_lag,
 -- adding that wait to run.replica_waited. Both in steps of at most 100 ms,
 -- each committed, so that no snapshot is held for longer than a step (one
--- held for the whole wait would hold back vacuum everywhere), and both end at `deadline` (the run's max_runtime;
--- NULL: none), which sets `stopped`: the run then ends 'partial'. Without a
--- max_runtime, a standby whose replay stays stopped holds the run (and the
--- job's later runs are skipped) until it catches up. lag_mark and
--- lag_mark_at carry replicas_behind's mark from one batch to the next.
+-- held for the whole wait would hold back vacuum everywhere), and both end
+-- at `deadline` (the run's max_runtime; NULL: none), which sets `stopped`:
+-- the run then ends 'partial'. Without a max_runtime, a standby whose replay
+-- stays stopped holds the run (and the job's later runs are skipped) until
+-- it catches up. lag_mark and lag_mark_at carry replicas_behind's mark from
+-- one batch to the next. The 100 ms steps are not a tuning constant: they
+-- only bound how long a snapshot lives and how late a wait ends.
 CREATE PROCEDURE @schema@.between_batches(run_id bigint, deadline timestamptz, INOUT lag_mark pg_lsn,
                                           INOUT lag_mark_at timestamptz, INOUT stopped boolean)
 LANGUAGE plpgsql
@@ -1039,7 +1041,8 @@ END
 $$;
 
 
--- The INSERT of the rows of CTE "gone" (deleted from `rel`) into `archive`.
+-- Archive before delete (see moved_rows below): the INSERT of the rows of
+-- CTE "gone", deleted from `rel`, into `archive`, column by column by name.
 CREATE FUNCTION @schema@.archive_insert(rel regclass, archive text)
 RETURNS text
 LANGUAGE sql STABLE
