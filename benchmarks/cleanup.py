@@ -13,6 +13,10 @@ transaction, sampled every 5 ms from pg_stat_activity by a second connection. Th
 DELETE and dbjobs run --rounds times on fresh tables (who goes first alternates) and the
 median ratio (and the ratio of total times) is printed; the naive loop, much slower, runs once.
 
+Then the cost of `archive`: dbjobs deleting against dbjobs moving the same rows into an
+archive table (install creates it), --archive-rounds times, alternating, with the WAL each
+wrote; the median ratio of their times is printed.
+
     .venv/bin/python benchmarks/cleanup.py                 # 2,000,000 rows
     .venv/bin/python benchmarks/cleanup.py --durable       # fsync on, as in production
     .venv/bin/python benchmarks/cleanup.py --rows 20000    # a quick smoke run
@@ -109,6 +113,7 @@ def main() -> None:
         action="store_true",
         help="fsync, synchronous_commit and full_page_writes on (default: off, as in a scratch cluster)",
     )
+    parser.add_argument("--archive-rounds", type=int, default=3, help="0: skip archiving vs deleting")
     args = parser.parse_args()
     config = parse_config(
         {"jobs": {"bench": {"table": "t_dbjobs", "expires": "expires_at", "retain": "30 days",
@@ -175,6 +180,50 @@ def main() -> None:
         print(f"dbjobs throughput vs single DELETE: median {statistics.median(ratios):.2f}x "
               f"over {len(ratios)} rounds ({', '.join(f'{r:.2f}' for r in ratios)}); "
               f"total time {totals['single DELETE'] / totals['dbjobs run_job']:.2f}x")  # fmt: skip
+        if args.archive_rounds:
+            archive_cost(dsn, args.rows, args.batch_size, args.archive_rounds)
+
+
+def archive_cost(dsn: str, rows: int, batch_size: int, rounds: int) -> None:
+    """dbjobs deleting vs dbjobs archiving the same rows, alternating; time and WAL of each."""
+    job = {"expires": "expires_at", "retain": "30 days", "schedule": "@hourly", "batch_size": batch_size}
+    config = parse_config(
+        {"jobs": {"deleting": {**job, "table": "t_deleting"},
+                  "archiving": {**job, "table": "t_archiving", "archive": "archive.t_archiving"}}}
+    )  # fmt: skip
+    ratios = []
+    for round_ in range(rounds):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS archive CASCADE; CREATE SCHEMA archive")
+            for table in ("t_deleting", "t_archiving"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+                conn.execute(TABLE.format(t=table, rows=rows))
+                conn.execute(f"VACUUM ANALYZE {table}")
+            dbjobs.install(conn, config)
+        order = ["deleting", "archiving"][:: -1 if round_ % 2 else 1]
+        results = {}
+        for name in order:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                before = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+                elapsed, _ = longest_transaction(
+                    dsn, lambda c, n=name: c.execute(f"CALL dbjobs.run_job('{n}')")
+                )
+                wal = conn.execute(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", [before[0] if before else None]
+                ).fetchone()
+            results[name] = (elapsed, float(wal[0]) if wal else 0.0)
+        with psycopg.connect(dsn) as conn:
+            moved = conn.execute("SELECT count(*) FROM archive.t_archiving").fetchone()
+            left = conn.execute(
+                "SELECT (SELECT count(*) FROM t_deleting), (SELECT count(*) FROM t_archiving)"
+            ).fetchone()
+        assert left and left[0] == left[1] and moved and moved[0] == rows - left[0], "archiving lost rows"
+        ratios.append(results["archiving"][0] / results["deleting"][0])
+        print(f"archive round {round_ + 1}: " + "   ".join(
+            f"{name} {elapsed:6.2f} s, WAL {wal / 2**20:7.1f} MiB" for name, (elapsed, wal) in results.items()
+        ))  # fmt: skip
+    print(f"archiving vs deleting: time median {statistics.median(ratios):.2f}x "
+          f"over {len(ratios)} rounds ({', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """What the application feels while expired rows are deleted: pgbench latency, idle vs during cleanup.
 
 An application workload (pgbench with a custom script: an insert, a lookup and an
-update on the table being cleaned) runs three times against a table with --rows
+update on the table being cleaned) runs four times against a table with --rows
 rows, half of them expired:
 
 * idle: nothing else runs;
 * dbjobs: while `CALL dbjobs.run_job(...)` deletes the expired half in batches;
+* dbjobs paced: the same, with `batch_pause = --pause` between batches;
 * single DELETE: while one `DELETE ... WHERE expires_at < cutoff` does.
 
 Each phase gets a fresh copy of the table. Prints p50 / p99 / max latency of the
-transactions that overlapped the cleanup, next to idle, measured in one run.
+transactions that overlapped the cleanup, the cleanup's own time, and each
+phase's p99 as a multiple of idle's, measured in one run. The paced phase runs
+pgbench --paced-factor times longer, to cover the longer cleanup.
 
     .venv/bin/python benchmarks/contention.py                  # 2,000,000 rows
     .venv/bin/python benchmarks/contention.py --partitioned    # dropping partitions instead
@@ -19,6 +22,7 @@ transactions that overlapped the cleanup, next to idle, measured in one run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -30,7 +34,7 @@ from pathlib import Path
 import psycopg
 
 import dbjobs
-from dbjobs.config import parse_config
+from dbjobs.config import Config, parse_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.devserver
 from tests.devserver import ThrowawayServer
@@ -111,7 +115,8 @@ def pgbench(pg: ThrowawayServer, script: Path, seconds: float, logdir: Path) -> 
 
 def phase(
     pg: ThrowawayServer, dsn: str, script: Path, logdir: Path, cleanup: str | None, seconds: float
-) -> str:
+) -> tuple[str, float | None]:
+    """The phase's line, and its p99 in ms."""
     window: list[float] = []
 
     def clean() -> None:
@@ -132,11 +137,11 @@ def phase(
         samples = [(end, ms) for end, ms in samples if end >= window[0] and end - ms / 1000 <= window[1]]
     latencies = sorted(ms for _, ms in samples)
     if not latencies:
-        return "p50 n/a (no transaction overlapped the cleanup)"
+        return "p50 n/a (no transaction overlapped the cleanup)", None
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     took = f", cleanup took {window[1] - window[0]:.2f} s" if cleanup else ""
     return (f"p50 {statistics.median(latencies):7.2f} ms   p99 {p99:7.2f} ms   max {latencies[-1]:8.2f} ms   "
-            f"({len(latencies)} transactions{took})")  # fmt: skip
+            f"({len(latencies)} transactions{took})"), p99  # fmt: skip
 
 
 def main() -> None:
@@ -146,12 +151,15 @@ def main() -> None:
     parser.add_argument(
         "--partitioned", action="store_true", help="range-partitioned on expires_at: dbjobs drops partitions"
     )
+    parser.add_argument("--pause", default="100 ms", help="batch_pause of the paced phase")
+    parser.add_argument(
+        "--paced-factor", type=float, default=3, help="pgbench runs this much longer when paced"
+    )
     args = parser.parse_args()
     table = PARTITIONED if args.partitioned else TABLE
-    config = parse_config(
-        {"jobs": {"sessions": {"table": "sessions", "expires": "expires_at", "retain": "30 days",
-                               "schedule": "@hourly"}}}
-    )  # fmt: skip
+    job = {"table": "sessions", "expires": "expires_at", "retain": "30 days", "schedule": "@hourly"}
+    config = parse_config({"jobs": {"sessions": job}})
+    paced = parse_config({"jobs": {"sessions": {**job, "batch_pause": args.pause}}})
     with ThrowawayServer(cron_database="app") as pg, tempfile.TemporaryDirectory() as tmp:
         pg.create_pg_cron()
         dsn = pg.dsn("app")
@@ -164,27 +172,38 @@ def main() -> None:
         )
         print(f"{pg.version()}; {args.rows:,} rows, {layout}; pgbench: 4 clients, insert + lookup + update")
 
-        def fresh() -> None:
+        def fresh(config: Config = config) -> None:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(table.format(rows=args.rows))
                 conn.execute("VACUUM ANALYZE sessions")
                 dbjobs.install(conn, config)
                 conn.execute("CHECKPOINT")
 
+        def vs_idle(p99: float | None) -> str:
+            return f"   p99 {p99 / idle_p99:.2f}x idle" if p99 is not None and idle_p99 else ""
+
         fresh()
-        print(f"{'idle':<16}" + phase(pg, dsn, script, logdir, None, args.seconds))
-        fresh()
-        line = f"{'dbjobs cleanup':<16}" + phase(
-            pg, dsn, script, logdir, "CALL dbjobs.run_job('sessions')", args.seconds
-        )
-        with psycopg.connect(dsn) as conn:
-            removed = conn.execute(
-                "SELECT partitions_removed FROM dbjobs.run ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-        print(line + (f"   {removed[0]} partitions dropped" if args.partitioned and removed else ""))
+        line, idle_p99 = phase(pg, dsn, script, logdir, None, args.seconds)
+        print(f"{'idle':<16}" + line)
+        run = "CALL dbjobs.run_job('sessions')"
+        for name, settings, seconds in (
+            ("dbjobs cleanup", config, args.seconds),
+            ("dbjobs paced", paced, args.seconds * args.paced_factor),
+        ):
+            fresh(settings)
+            line, p99 = phase(pg, dsn, script, logdir, run, seconds)
+            with psycopg.connect(dsn) as conn:
+                removed = conn.execute(
+                    "SELECT partitions_removed FROM dbjobs.run ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            dropped = f"   {removed[0]} partitions dropped" if args.partitioned and removed else ""
+            print(f"{name:<16}" + line + vs_idle(p99) + dropped)
         fresh()
         single = "DELETE FROM sessions WHERE expires_at < now() - interval '30 days'"
-        print(f"{'single DELETE':<16}" + phase(pg, dsn, script, logdir, single, args.seconds))
+        line, p99 = phase(pg, dsn, script, logdir, single, args.seconds)
+        print(f"{'single DELETE':<16}" + line + vs_idle(p99))
+        load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        print(f"paced: batch_pause = {args.pause!r}; {load}")
 
 
 if __name__ == "__main__":

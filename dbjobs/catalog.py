@@ -34,6 +34,10 @@ class ResolvedJob:
     max_runtime: str | None = None  # as the server spells it
     retry_after: str | None = None  # as the server spells it
     retry_cap: str | None = None  # the schedule's period, when retry_after is set
+    max_replica_lag: str | None = None  # as the server spells it
+    batch_pause: str | None = None  # as the server spells it
+    archive: str | None = None  # schema.table, quoted where needed
+    archive_exists: bool = True  # False: install creates it
 
     @property
     def predicate_search_path(self) -> str:
@@ -166,11 +170,122 @@ def _resolve(conn: psycopg.Connection[Any], job: Job, *, skip_retry: bool = Fals
             retry_after = resolve_retry_after(conn, where, job.retry_after)
             period = schedule.period(job.schedule)
             retry_cap = interval(conn, where, "schedule", f"{period.days} days {period.seconds} seconds")
+    max_replica_lag = batch_pause = None
+    with collect_problems(problems):
+        if job.max_replica_lag:
+            max_replica_lag = _replica_lag(conn, where, job.max_replica_lag)
+    with collect_problems(problems):
+        if job.batch_pause:
+            batch_pause = interval(conn, where, "batch_pause", job.batch_pause)
     with collect_problems(problems):
         resolved = _resolve_table(conn, job, retain or job.retain, max_age)
     if problems:
         raise ConfigError(problems=problems)
-    return replace(resolved, max_runtime=max_runtime, retry_after=retry_after, retry_cap=retry_cap)
+    resolved = replace(
+        resolved,
+        max_runtime=max_runtime,
+        retry_after=retry_after,
+        retry_cap=retry_cap,
+        max_replica_lag=max_replica_lag,
+        batch_pause=batch_pause,
+    )
+    if job.archive:
+        resolved = _archive(conn, resolved, job.archive)
+    return resolved
+
+
+_ARCHIVE = """
+SELECT n.nspname, coalesce(c.relname, %(name)s), c.oid, c.relkind,
+       has_table_privilege(c.oid, 'INSERT'), has_schema_privilege(n.oid, 'CREATE')
+  FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = %(name)s
+ WHERE n.nspname = %(schema)s
+"""
+# Why an existing archive cannot take a source's rows, for each column of the source (in
+# order), and for each column of the archive that an insert of those columns would leave NULL.
+_ARCHIVE_FIT = """
+SELECT format('has no column %%I (of the source)', s.attname)
+  FROM pg_attribute s
+ WHERE s.attrelid = %(source)s AND s.attnum > 0 AND NOT s.attisdropped
+   AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = %(archive)s AND a.attname = s.attname
+                      AND a.attnum > 0 AND NOT a.attisdropped)
+UNION ALL
+SELECT CASE WHEN a.atttypid <> s.atttypid OR a.atttypmod <> s.atttypmod
+            THEN format('has column %%I as %%s, the source as %%s', a.attname,
+                        format_type(a.atttypid, a.atttypmod), format_type(s.atttypid, s.atttypmod))
+            ELSE format('has column %%I generated, which an insert cannot set', a.attname) END
+  FROM pg_attribute s JOIN pg_attribute a ON a.attrelid = %(archive)s AND a.attname = s.attname
+ WHERE s.attrelid = %(source)s AND s.attnum > 0 AND NOT s.attisdropped AND a.attnum > 0 AND NOT a.attisdropped
+   AND (a.atttypid <> s.atttypid OR a.atttypmod <> s.atttypmod OR a.attgenerated <> '' OR a.attidentity = 'a')
+UNION ALL
+SELECT format('has column %%I NOT NULL without a default, which the source has not', a.attname)
+  FROM pg_attribute a
+ WHERE a.attrelid = %(archive)s AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
+   AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
+   AND NOT EXISTS (SELECT FROM pg_attribute s WHERE s.attrelid = %(source)s AND s.attname = a.attname
+                      AND s.attnum > 0 AND NOT s.attisdropped)
+"""
+
+
+def _archive(conn: psycopg.Connection[Any], job: ResolvedJob, text: str) -> ResolvedJob:
+    """The job's archive: a table whose columns take the source's rows, or one install may create
+    (in an existing schema, like the source). Partitions past retention move into its schema."""
+    where = f"job {job.name!r}: archive"
+    try:
+        with conn.transaction():
+            parts = conn.execute("SELECT parse_ident(%s)::text[]", [text]).fetchone()
+    except psycopg.Error:
+        parts = None
+    if not parts or len(parts[0]) not in (1, 2):
+        raise ConfigError(f"{where}: {text!r} is not a table name: write schema.table")
+    schema, name = parts[0] if len(parts[0]) == 2 else [job.table_schema, parts[0][0]]
+    row = conn.execute(_ARCHIVE, {"schema": schema, "name": name}).fetchone()
+    if row is None:
+        raise ConfigError(f"{where}: schema {schema!r} does not exist: CREATE SCHEMA it first")
+    _, _, oid, relkind, may_insert, may_create = row
+    qualified = sql.Identifier(schema, name).as_string(None)
+    if oid == job.relid:
+        raise ConfigError(f"{where}: {qualified} is the job's own table: name another table")
+    moves_partitions = job.partitioned and job.job.partitions != "delete"
+    if (oid is None or moves_partitions) and not may_create:
+        why = "to create the archive" if oid is None else "to move partitions there"
+        raise ConfigError(
+            f"{where}: the connected role may not create tables in schema {schema!r} ({why}): "
+            f"GRANT CREATE ON SCHEMA {sql.Identifier(schema).as_string(None)} to it"
+        )
+    if oid is None:
+        return replace(job, archive=qualified, archive_exists=False)
+    if relkind not in ("r", "p"):
+        raise ConfigError(f"{where}: {qualified} is not a table")
+    if not may_insert:
+        raise ConfigError(f"{where}: the connected role needs INSERT on {qualified}: GRANT it")
+    misfit = conn.execute(_ARCHIVE_FIT, {"source": job.relid, "archive": oid}).fetchone()
+    if misfit:
+        raise ConfigError(
+            f"{where}: {qualified} {misfit[0]}: it must have every column of {job.qualified_table} "
+            "with the same type (fix it, or name a table that does not exist and install creates it)"
+        )
+    return replace(job, archive=qualified)
+
+
+def _replica_lag(conn: psycopg.Connection[Any], where: str, text: str) -> str:
+    """max_replica_lag, which the role must be able to read: without pg_read_all_stats (or
+    pg_monitor) pg_stat_replication hides the standbys' positions, and the throttle would be blind."""
+    value = interval(conn, where, "max_replica_lag", text)
+    row = conn.execute(
+        "SELECT %s::interval = interval '0', pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'), "
+        "current_user",
+        [value],
+    ).fetchone()
+    assert row is not None
+    if row[0]:
+        raise ConfigError(f"{where}: max_replica_lag: must be more than 0 (leave it out for no throttle)")
+    if not row[1]:
+        role = sql.Identifier(row[2]).as_string(None)
+        raise ConfigError(
+            f"{where}: max_replica_lag: role {row[2]!r} may not read the standbys' replay lag "
+            f"(pg_stat_replication): GRANT pg_monitor TO {role}, or leave max_replica_lag out"
+        )
+    return value
 
 
 def _resolve_table(conn: psycopg.Connection[Any], job: Job, retain: str, max_age: str | None) -> ResolvedJob:

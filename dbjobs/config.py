@@ -47,6 +47,12 @@ class Job:
     # After a failed run, run again this long after it ended, doubling per
     # consecutive failure (None: wait for the schedule). See README "Retry with backoff".
     retry_after: str | None = None
+    # Between batches, wait while a standby's replay lags more than this (None: never);
+    # pause this long after each batch (None: no pause). README "Gentle runs".
+    max_replica_lag: str | None = None
+    batch_pause: str | None = None
+    # A table ("schema.table") each batch moves its rows into instead of deleting them (None: delete).
+    archive: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class Config:
     max_runtime: str | None = None
     fail_after: int | None = None
     retry_after: str | None = None
+    max_replica_lag: str | None = None
+    batch_pause: str | None = None
     source: str = BUILT_IN
     # The databases to work on, in order; empty: the one database of --dsn.
     databases: tuple[Database, ...] = ()
@@ -104,14 +112,14 @@ LEGACY_SCHEDULE_VARS = {
 
 TOP_KEYS = {
     "schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout", "jobs",
-    "max_runtime", "fail_after", "retry_after", "databases",
+    "max_runtime", "fail_after", "retry_after", "max_replica_lag", "batch_pause", "databases",
 }  # fmt: skip
 JOB_KEYS = {
     "table", "expires", "retain", "schedule", "batch_size", "where", "max_age", "partitions",
-    "max_runtime", "fail_after", "retry_after",
+    "max_runtime", "fail_after", "retry_after", "max_replica_lag", "batch_pause", "archive",
 }  # fmt: skip
 # Keys a job takes from the top level when it does not set them.
-INHERITED_KEYS = ("max_runtime", "fail_after", "retry_after")
+INHERITED_KEYS = ("max_runtime", "fail_after", "retry_after", "max_replica_lag", "batch_pause")
 # What a run does with the partitions of a range-partitioned table that lie
 # wholly past retention: drop them, detach them (left as tables of their own),
 # or delete their rows in batches like any other rows.
@@ -120,7 +128,7 @@ REQUIRED_JOB_KEYS = ("table", "expires", "retain", "schedule")
 # DBJOBS_<KEY> overrides a top-level key.
 ENV_KEYS = (
     "schema", "enabled", "history_retention", "grace", "cron_dsn", "cron_timezone", "batch_timeout",
-    "max_runtime", "fail_after", "retry_after",
+    "max_runtime", "fail_after", "retry_after", "max_replica_lag", "batch_pause",
 )  # fmt: skip
 
 
@@ -201,7 +209,7 @@ def parse_config(
         if values.get("fail_after") is not None:
             _check_fail_after(source, values["fail_after"])
     texts = ("schema", "history_retention", "grace", "cron_timezone", "batch_timeout", "max_runtime")
-    for key in (*texts, "retry_after"):
+    for key in (*texts, "retry_after", "max_replica_lag", "batch_pause"):
         if key in values:
             with collect_problems(problems):
                 _require_text(source, key, values[key])
@@ -321,6 +329,16 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
     with collect_problems(found):
         if fail_after is not None:
             _check_fail_after(where, fail_after)
+    max_replica_lag, batch_pause = spec.get("max_replica_lag"), spec.get("batch_pause")
+    archive = spec.get("archive")
+    for key, value in (
+        ("max_replica_lag", max_replica_lag),
+        ("batch_pause", batch_pause),
+        ("archive", archive),
+    ):
+        with collect_problems(found):
+            if value is not None:
+                _require_text(where, key, value)
     partitions = spec.get("partitions", "drop")
     if partitions not in PARTITION_MODES:
         found.append(
@@ -343,6 +361,9 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
         max_runtime=max_runtime,
         fail_after=fail_after,
         retry_after=retry_after,
+        max_replica_lag=max_replica_lag,
+        batch_pause=batch_pause,
+        archive=archive,
     )
 
 

@@ -150,6 +150,11 @@ def as_prometheus(report: Report | None) -> str:
     skipped = gauge(
         "dbjobs_job_last_rows_skipped", "Rows the last finished run left for later (locked)", per_job
     )
+    replica_wait = gauge(
+        "dbjobs_job_last_replica_wait_seconds",
+        "Time the last finished run waited for lagging standbys (max_replica_lag)",
+        per_job,
+    )
     cascaded = gauge(
         "dbjobs_job_last_cascaded_rows",
         "Rows the last finished run deleted by ON DELETE CASCADE, per child table",
@@ -205,6 +210,8 @@ def as_prometheus(report: Report | None) -> str:
             rows.labels(job.name).set(job.last_rows_deleted)
         if job.last_rows_skipped is not None:
             skipped.labels(job.name).set(job.last_rows_skipped)
+        if job.last_replica_wait_seconds is not None:
+            replica_wait.labels(job.name).set(job.last_replica_wait_seconds)
         for table, count in (job.cascaded_rows or {}).items():
             cascaded.labels(job.name, table).set(count)
         stale.labels(job.name).set(int(job.state == "stale"))

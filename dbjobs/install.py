@@ -39,7 +39,7 @@ class Change:
     ``--dry-run`` prints exactly what install then does."""
 
     action: Action
-    kind: Literal["schema", "job", "setting"]
+    kind: Literal["schema", "job", "setting", "table"]
     name: str
     detail: str = ""
     apply: Callable[[Target], None] | None = field(default=None, compare=False, repr=False)
@@ -94,6 +94,9 @@ class StoredJob:
     fail_after: int | None = None
     retry_after: str | None = None  # the job's own, else the top-level one
     retry_cap: str | None = None  # the schedule's period, when retry_after is set
+    max_replica_lag: str | None = None  # the job's own, else the top-level one
+    batch_pause: str | None = None  # the job's own, else the top-level one
+    archive: str | None = None  # schema.table, quoted where needed
 
     @classmethod
     def of(cls, job: ResolvedJob) -> StoredJob:
@@ -112,6 +115,9 @@ class StoredJob:
             job.job.fail_after,
             job.retry_after,
             job.retry_cap,
+            job.max_replica_lag,
+            job.batch_pause,
+            job.archive,
         )
 
     def differences(self, other: StoredJob) -> list[str]:
@@ -170,6 +176,7 @@ def install(
         if exists:
             plan.changes += _setting_changes(conn, config.schema, settings)
         installed = _installed_jobs(conn, config.schema) if exists else {}
+        plan.changes += _archive_changes(jobs)
         cron_jobs = site.jobs()
         _plan_jobs(plan, config, jobs, installed, cron_jobs)
         _plan_maintenance(plan, config, site, cron_jobs)
@@ -298,7 +305,11 @@ def _installed_jobs(conn: psycopg.Connection[Any], schema: str) -> dict[str, Sto
                        (to_jsonb(j) ->> 'fail_after')::integer AS fail_after,
                        -- (absent before version 4)
                        (to_jsonb(j) ->> 'retry_after')::interval::text AS retry_after,
-                       (to_jsonb(j) ->> 'retry_cap')::interval::text AS retry_cap
+                       (to_jsonb(j) ->> 'retry_cap')::interval::text AS retry_cap,
+                       -- (absent before version 5)
+                       (to_jsonb(j) ->> 'max_replica_lag')::interval::text AS max_replica_lag,
+                       (to_jsonb(j) ->> 'batch_pause')::interval::text AS batch_pause,
+                       to_jsonb(j) ->> 'archive' AS archive
                   FROM {} AS j ORDER BY name
                 """
             ).format(sql.Identifier(schema, "job"))
@@ -322,6 +333,8 @@ def _plan_jobs(
         if have is None:
             state = "" if config.enabled else " (inactive: enabled = false)"
             detail = f"delete from {job.qualified_table} {_rule_text(job)}, schedule '{want.schedule}'{state}"
+            if job.archive:
+                detail = f"move into {job.archive}, " + detail
             plan.changes.append(Change("create", "job", job.name, detail, write))
             continue
         diffs = have.differences(want) + _cron_diffs(registered, want.schedule, command, config.enabled)
@@ -337,6 +350,31 @@ def _plan_jobs(
         plan.changes.append(
             Change("remove", "job", name, detail, partial(_remove_job, registered=registered, name=name))
         )
+
+
+def _archive_changes(jobs: list[ResolvedJob]) -> list[Change]:
+    """The archive tables to create: the source's columns and types (LIKE, which copies NOT NULL
+    and nothing else: no key, check, foreign key or unique index that a moved row could fail),
+    and a plain index on each expiry column, for a job that cleans the archive in turn."""
+    changes: list[Change] = []
+    for job in jobs:
+        if job.archive is None or job.archive_exists or any(c.name == job.archive for c in changes):
+            continue
+
+        def create(target: Target, job: ResolvedJob = job) -> None:
+            assert job.archive is not None
+            archive = sql.SQL(job.archive)  # quoted by catalog
+            target.conn.execute(
+                sql.SQL("CREATE TABLE {} (LIKE {})").format(archive, sql.SQL(job.qualified_table))
+            )
+            for column in job.job.expires:
+                target.conn.execute(
+                    sql.SQL("CREATE INDEX ON {} ({})").format(archive, sql.Identifier(column))
+                )
+
+        detail = f"archive of job {job.name!r}, with the columns of {job.qualified_table}"
+        changes.append(Change("create", "table", job.archive, detail, create))
+    return changes
 
 
 def _orphan_line(registered: cron.CronJob) -> str:

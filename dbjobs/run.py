@@ -28,9 +28,10 @@ class RunResult:
     error: str | None
     partitions_removed: int = 0
     partition_rows: int = 0  # the rows they held, as the statistics estimate them
-    partitions_mode: str = "drop"  # how they were removed: drop | detach
+    partitions_mode: str = "drop"  # how they were removed: drop | detach | archive (moved, kept)
     rows_skipped: int = 0  # left for a later run: a lock on them (or on a row their delete cascades to)
     cascaded_rows: dict[str, int] | None = None  # rows deleted by ON DELETE CASCADE, per child table
+    replica_wait_seconds: float = 0.0  # waiting for lagging standbys (max_replica_lag)
 
     @property
     def ok(self) -> bool:
@@ -41,7 +42,9 @@ class RunResult:
             rows = "row" if self.rows_deleted == 1 else "rows"
             line = f"{self.job}: deleted {self.rows_deleted} {rows} in {self.duration_ms or 0:.1f} ms"
             if self.partitions_removed:
-                done = "detached" if self.partitions_mode == "detach" else "dropped"
+                done = {"detach": "detached", "archive": "moved to the archive's schema"}.get(
+                    self.partitions_mode, "dropped"
+                )
                 plural = "" if self.partitions_removed == 1 else "s"
                 line += (
                     f" and {done} {self.partitions_removed} partition{plural}"
@@ -57,11 +60,15 @@ class RunResult:
     def _extras(self) -> str:
         """What else the run did: rows it left to a later run, rows that went by cascade."""
         notes = []
+        if self.partitions_mode == "archive" and self.rows_deleted:
+            notes.append("moved into the archive")
         if self.rows_skipped:
             notes.append(f"{self.rows_skipped} skipped: locked, left for a later run")
         if self.cascaded_rows:
             cascaded = ", ".join(f"{table} {n}" for table, n in sorted(self.cascaded_rows.items()))
             notes.append(f"cascaded: {cascaded}")
+        if self.replica_wait_seconds:
+            notes.append(f"waited {self.replica_wait_seconds:.1f} s for lagging standbys")
         return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -127,8 +134,11 @@ def run(
             SELECT r.id, r.status, r.rows_deleted, r.started_at,
                    extract(epoch FROM r.finished_at - r.started_at)::float8 * 1000 AS duration_ms,
                    r.error, r.partitions_removed, r.partition_rows,
-                   coalesce((SELECT j.partitions FROM {} j WHERE j.name = r.job), 'drop') AS partitions_mode,
-                   r.rows_skipped, r.cascaded_rows
+                   coalesce((SELECT CASE WHEN to_jsonb(j) ->> 'archive' IS NOT NULL THEN 'archive'
+                                         ELSE j.partitions END
+                               FROM {} j WHERE j.name = r.job), 'drop') AS partitions_mode,
+                   r.rows_skipped, r.cascaded_rows,
+                   extract(epoch FROM r.replica_waited)::float8 AS replica_wait_seconds
               FROM {} r WHERE r.job = %s AND r.id > %s
              ORDER BY r.id DESC LIMIT 1
             """
@@ -166,6 +176,7 @@ def run(
         row.partitions_mode,
         row.rows_skipped,
         row.cascaded_rows or None,
+        row.replica_wait_seconds,
     )
 
 
@@ -184,6 +195,7 @@ class _RunRow:
     partitions_mode: str
     rows_skipped: int
     cascaded_rows: dict[str, int] | None
+    replica_wait_seconds: float
 
 
 def _interrupted(failure: psycopg.Error, session_ended: bool) -> str:
@@ -232,7 +244,7 @@ class DryRun:
     oldest: datetime | None  # the range of the expiry times among them
     newest: datetime | None
     partitions: list[str]  # that it would drop or detach
-    partitions_mode: str | None  # drop | detach, when there are any
+    partitions_mode: str | None  # drop | detach | archive (moved), when there are any
     cutoff: datetime
 
     def line(self) -> str:
@@ -242,7 +254,9 @@ class DryRun:
             line += f" expired from {_iso(self.oldest)} to {_iso(self.newest)}"
         line += f" (cutoff {_iso(self.cutoff)})"
         if self.partitions:
-            verb = "detach" if self.partitions_mode == "detach" else "drop"
+            verb = {"detach": "detach", "archive": "move to the archive's schema"}.get(
+                self.partitions_mode or "", "drop"
+            )
             line += f", and {verb} {len(self.partitions)} partition(s): {', '.join(self.partitions)}"
         return line
 

@@ -67,6 +67,8 @@ class JobStatus:
     # ON DELETE CASCADE per child table (counted as they went; None: none).
     last_rows_skipped: int | None = None
     cascaded_rows: dict[str, int] | None = None
+    # The time the last finished run waited for lagging standbys (max_replica_lag).
+    last_replica_wait_seconds: float | None = None
     # Failed runs since the latest success or partial run (dbjobs' history;
     # counted up to 1000), and the fail_after that turns them into a fail.
     consecutive_failures: int | None = None
@@ -150,6 +152,7 @@ class LastRun:
     trigger: str | None = None
     rows_skipped: int | None = None
     cascaded_rows: dict[str, int] | None = None
+    replica_waited: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ class InstalledJob:
     fail_after: int | None
     runs: dict[str, int] | None
     recent_backlog: list[int | None] | None
+    replica_waited: timedelta | None = None  # absent from an install older than version 5
 
     @property
     def schedule(self) -> str:
@@ -233,6 +237,7 @@ class InstalledJob:
             self.run_trigger,
             self.rows_skipped,
             self.cascaded_rows,
+            self.replica_waited,
         )
 
 
@@ -458,6 +463,9 @@ def job_status(
         last_rows_deleted=last.rows_deleted if last else None,
         last_rows_skipped=last.rows_skipped if last else None,
         cascaded_rows=last.cascaded_rows if last else None,
+        last_replica_wait_seconds=(
+            last.replica_waited.total_seconds() if last and last.replica_waited is not None else None
+        ),
         last_duration_ms=duration,
         next_run_at=schedule.next_fire(schedule_, now, timezone) if scheduled else None,
         stale_at=stale_at if scheduled else None,
@@ -652,7 +660,7 @@ def _history(conn: psycopg.Connection[Any], schema: str, asked: list[str]) -> li
 # What status compares between a configuration file and the job table.
 _COMPARED = (
     "table", "expires", "retain", "where", "batch_size", "schedule", "max_age", "partitions",
-    "max_runtime", "fail_after", "retry_after",
+    "max_runtime", "fail_after", "retry_after", "max_replica_lag", "batch_pause", "archive",
 )  # fmt: skip
 
 
@@ -677,11 +685,16 @@ def _drift(
                     "max_ages": [job.max_age for job in config.jobs],
                     "max_runtimes": [job.max_runtime for job in config.jobs],
                     "retry_afters": [job.retry_after for job in config.jobs],
+                    "lags": [job.max_replica_lag for job in config.jobs],
+                    "pauses": [job.batch_pause for job in config.jobs],
+                    "archives": [job.archive for job in config.jobs],
                 },
             ).fetchall()
     except psycopg.Error as exc:
         return [f"{source} cannot be compared with what is installed: {one_line_error(str(exc))}"]
-    for job, (table, retain, max_age, max_runtime, retry_after) in zip(config.jobs, resolved, strict=True):
+    for job, (table, retain, max_age, max_runtime, retry_after, lag, pause, archive) in zip(
+        config.jobs, resolved, strict=True
+    ):
         have = installed.pop(job.name, None)
         if have is None:
             lines.append(f"job {job.name!r} is in {source} but not installed: run `dbjobs install`")
@@ -698,6 +711,9 @@ def _drift(
             "max_runtime": max_runtime,
             "fail_after": job.fail_after,
             "retry_after": retry_after,
+            "max_replica_lag": lag,
+            "batch_pause": pause,
+            "archive": archive,
         }
         stored = dict(
             have, table=_qualified(have["table_schema"], have["table_name"]), where=have["predicate"]

@@ -20,7 +20,8 @@ SELECT coalesce(obj_description(n.oid, 'pg_namespace'), '') LIKE 'dbjobs:%%',
                                       'sweep_batch', 'index_batch', 'delete_held', 'delete_counted',
                                       'cascade_counts', 'cascaded_since', 'count_batch', 'count_outcome',
                                       'count_expired', 'backlog_left', 'status_backlog', 'run_event',
-                                      'status_events', 'retries', 'retry_due'))
+                                      'status_events', 'retries', 'retry_due', 'between_batches',
+                                      'replicas_behind', 'replica_lag_readable', 'moved_rows', 'archive_insert'))
   FROM pg_namespace n
  WHERE n.nspname = %(schema)s;
 

@@ -129,8 +129,15 @@ DECLARE
     -- The job's max_runtime (NULL: unbounded): checked between batches, so a
     -- run may overrun it by one batch, which batch_timeout bounds.
     bound interval := (SELECT j.max_runtime FROM @schema@.job j WHERE j.name = job_name);
+    -- Whether it waits between batches at all (batch_pause, max_replica_lag).
+    gentle boolean := (SELECT j.batch_pause > interval '0' OR j.max_replica_lag IS NOT NULL
+                         FROM @schema@.job j WHERE j.name = job_name);
     began timestamptz := clock_timestamp();
     stopped boolean := false;
+    -- The primary's WAL position when the standbys were last seen caught up
+    -- with it, and when (see replicas_behind).
+    lag_mark pg_lsn;
+    lag_mark_at timestamptz;
 BEGIN
     run_id := @schema@.start_run(job_name, run_trigger);
     IF run_id IS NULL THEN
@@ -172,6 +179,12 @@ BEGIN
             stopped := true;
             EXIT;
         END IF;
+        -- After a batch that deleted rows: batch_pause, and the wait for
+        -- lagging standbys (max_replica_lag), each bounded by max_runtime.
+        IF deleted > 0 AND gentle THEN
+            CALL @schema@.between_batches(run_id, began + bound, lag_mark, lag_mark_at, stopped);
+            EXIT WHEN stopped;
+        END IF;
     END LOOP;
 
     PERFORM @schema@.finish_run(run_id, @schema@.one_line_error(failure, failure_detail, failure_hint), stopped);
@@ -180,6 +193,121 @@ BEGIN
     IF failure IS NOT NULL THEN
         RAISE EXCEPTION USING MESSAGE = failure, ERRCODE = failure_state,
                               DETAIL = coalesce(failure_detail, ''), HINT = coalesce(failure_hint, '');
+    END IF;
+END
+$$;
+
+
+-- Between two batches of a run (README "Gentle runs"): sleeps the job's
+-- batch_pause, then waits while a standby lags more than its max_replica_lag,
+-- adding that wait to run.replica_waited. Both in steps of at most 100 ms,
+-- each committed, so that no snapshot is held for longer than a step (one
+-- held for the whole wait would hold back vacuum everywhere), and both end
+-- at `deadline` (the run's max_runtime; NULL: none), which sets `stopped`:
+-- the run then ends 'partial'. Without a max_runtime, a standby whose replay
+-- stays stopped holds the run (and the job's later runs are skipped) until
+-- it catches up. lag_mark and lag_mark_at carry replicas_behind's mark from
+-- one batch to the next. The 100 ms steps are not a tuning constant: they
+-- only bound how long a snapshot lives and how late a wait ends.
+CREATE PROCEDURE @schema@.between_batches(run_id bigint, deadline timestamptz, INOUT lag_mark pg_lsn,
+                                          INOUT lag_mark_at timestamptz, INOUT stopped boolean)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    pause     interval;
+    lag_limit interval;
+    until     timestamptz;
+    waiting   timestamptz;
+    behind    boolean;
+BEGIN
+    SELECT j.batch_pause, j.max_replica_lag INTO pause, lag_limit
+      FROM @schema@.run r JOIN @schema@.job j ON j.name = r.job WHERE r.id = run_id;
+    COMMIT;
+    IF pause > interval '0' THEN
+        until := least(clock_timestamp() + pause, deadline);
+        WHILE clock_timestamp() < until LOOP
+            PERFORM pg_catalog.pg_sleep(least(0.1, extract(epoch FROM until - clock_timestamp())));
+            COMMIT;
+        END LOOP;
+    END IF;
+    IF lag_limit IS NOT NULL THEN
+        LOOP
+            SELECT b.mark, b.marked_at, b.behind INTO lag_mark, lag_mark_at, behind
+              FROM @schema@.replicas_behind(lag_limit, lag_mark, lag_mark_at) AS b;
+            COMMIT;
+            EXIT WHEN NOT behind;
+            waiting := coalesce(waiting, clock_timestamp());
+            IF clock_timestamp() >= deadline THEN
+                stopped := true;
+                EXIT;
+            END IF;
+            PERFORM pg_catalog.pg_sleep(0.1);
+            COMMIT;
+        END LOOP;
+        IF waiting IS NOT NULL THEN
+            UPDATE @schema@.run SET replica_waited = replica_waited + (clock_timestamp() - waiting)
+             WHERE id = run_id;
+            COMMIT;
+        END IF;
+    END IF;
+    IF deadline IS NOT NULL AND clock_timestamp() >= deadline THEN
+        stopped := true;
+    END IF;
+END
+$$;
+
+
+-- Whether a standby (a row of pg_stat_replication: a physical standby or a
+-- logical subscriber) lags more than lag_limit behind this server. Two signs,
+-- either enough: its replay_lag, as the server measured it (NULL when the
+-- standby is idle, and stale while the primary writes nothing); and a mark,
+-- this server's WAL position when every standby had replayed the previous
+-- mark: a standby still short of the mark lag_limit after it was taken lags
+-- at least that much, whatever replay_lag says (a standby whose replay is
+-- paused, say). Needs pg_read_all_stats (or pg_monitor): install checks it,
+-- and so does each run's first step (see replica_lag_readable).
+CREATE FUNCTION @schema@.replicas_behind(lag_limit interval, INOUT mark pg_lsn, INOUT marked_at timestamptz,
+                                         OUT behind boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    oldest pg_lsn;
+    worst  interval;
+BEGIN
+    SELECT min(coalesce(s.replay_lsn, '0/0')), max(s.replay_lag) INTO oldest, worst FROM pg_stat_replication s;
+    IF oldest IS NULL THEN  -- no standby
+        mark := NULL;
+        marked_at := NULL;
+        behind := false;
+        RETURN;
+    END IF;
+    IF mark IS NULL OR oldest >= mark THEN
+        -- Where this server has written WAL to, flushed or not (a batch's
+        -- commit is asynchronous, see run_job).
+        mark := pg_current_wal_insert_lsn();
+        marked_at := clock_timestamp();
+    END IF;
+    behind := coalesce(worst > lag_limit, false) OR clock_timestamp() - marked_at > lag_limit;
+END
+$$;
+
+
+-- Refuses a run of a job with max_replica_lag by a role that cannot read the
+-- standbys' positions: pg_stat_replication would show it NULLs, and the
+-- throttle would wait on every standby until max_runtime. Install checks the
+-- same; this is for a grant revoked since.
+CREATE FUNCTION @schema@.replica_lag_readable()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN
+        RAISE EXCEPTION 'max_replica_lag: role % may not read the standbys'' replay lag', quote_ident(current_user)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('GRANT pg_monitor TO %I, or leave max_replica_lag out and install again',
+                                current_user);
     END IF;
 END
 $$;
@@ -450,6 +578,9 @@ BEGIN
     SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
     IF r.removable IS NULL THEN
         -- The run's first step: the partitions lying wholly past retention.
+        IF j.max_replica_lag IS NOT NULL THEN
+            PERFORM @schema@.replica_lag_readable();
+        END IF;
         UPDATE @schema@.run SET removable = @schema@.removable_partitions(j, r.cutoff) WHERE id = run_id;
         RETURN 0;
     END IF;
@@ -578,6 +709,8 @@ DECLARE
     parent regclass;
     leaf   record;
     n      bigint := 0;
+    tree   regclass[];  -- the partition and its own partitions, moving to the archive's schema
+    moving regclass;
 BEGIN
     SELECT * INTO STRICT r FROM @schema@.run WHERE id = run_id;
     SELECT * INTO STRICT j FROM @schema@.job WHERE name = r.job;
@@ -602,13 +735,21 @@ BEGIN
                 EXECUTE format('SELECT %s + count(*) FROM %s', n, leaf.relid) INTO n;
             END IF;
         END LOOP;
-        IF j.partitions = 'detach' THEN
+        IF j.archive IS NOT NULL THEN
+            -- Kept: detached, and moved with its own partitions into the
+            -- archive's schema (a name taken there keeps it where it is).
+            tree := ARRAY(SELECT t.relid FROM pg_partition_tree(part) t ORDER BY t.level DESC);
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part);
+            FOREACH moving IN ARRAY tree LOOP
+                EXECUTE format('ALTER TABLE %s SET SCHEMA %I', moving, (parse_ident(j.archive))[1]);
+            END LOOP;
+        ELSIF j.partitions = 'detach' THEN
             EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, part);
         ELSE
             EXECUTE format('DROP TABLE %s', part);
         END IF;
     EXCEPTION WHEN lock_not_available OR dependent_objects_still_exist OR insufficient_privilege
-                   OR object_in_use OR foreign_key_violation THEN
+                   OR object_in_use OR foreign_key_violation OR duplicate_table THEN
         RAISE NOTICE 'dbjobs: partition % stays (%); its rows are deleted in batches', part, SQLERRM;
         RETURN 0;
     END;
@@ -815,7 +956,8 @@ BEGIN
         j.table_schema, j.table_name, @schema@.expired_rule(j))
     USING at,
           ARRAY(SELECT r::regclass::text FROM unnest(removable) AS r),
-          CASE WHEN cardinality(removable) > 0 THEN j.partitions END;
+          CASE WHEN cardinality(removable) > 0 THEN CASE WHEN j.archive IS NOT NULL THEN 'archive'
+                                                         ELSE j.partitions END END;
 END
 $$;
 
@@ -859,17 +1001,20 @@ BEGIN
     BEGIN
         SELECT c.deleted, c.moved INTO deleted, moved
           FROM @schema@.delete_counted(
-                   format('DELETE FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s', r.target::regclass, rule),
+                   @schema@.moved_rows(format('DELETE FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s',
+                                              r.target::regclass, rule), r.target::regclass, j.archive),
                    path, r.cutoff, lo, hi, NULL, r.cascade_tables, NULL) AS c;
     EXCEPTION WHEN lock_not_available THEN
         met_lock := true;
         BEGIN
             SELECT c.deleted, c.moved INTO deleted, moved
               FROM @schema@.delete_counted(
-                       format('DELETE FROM %1$s WHERE ctid = ANY(ARRAY('
-                              '    SELECT ctid FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s FOR UPDATE SKIP LOCKED'
-                              ')) AND %2$s',
-                              r.target::regclass, rule),
+                       @schema@.moved_rows(
+                           format('DELETE FROM %1$s WHERE ctid = ANY(ARRAY('
+                                  '    SELECT ctid FROM %1$s WHERE ctid >= $2 AND ctid < $3 AND %2$s FOR UPDATE SKIP LOCKED'
+                                  ')) AND %2$s',
+                                  r.target::regclass, rule),
+                           r.target::regclass, j.archive),
                        path, r.cutoff, lo, hi, NULL, r.cascade_tables, NULL) AS c;
         EXCEPTION WHEN lock_not_available THEN
             -- Not a row of this table (those were skipped): one that
@@ -886,7 +1031,8 @@ BEGIN
     END;
     IF held IS NOT NULL THEN
         SELECT h.deleted, h.moved INTO deleted, moved
-          FROM @schema@.delete_held(r.target::regclass, rule, path, r.cutoff, held, r.cascade_tables) AS h;
+          FROM @schema@.delete_held(r.target::regclass, rule, path, r.cutoff, held, r.cascade_tables,
+                                   j.archive) AS h;
     END IF;
     IF met_lock THEN
         -- What this batch's pages still hold of the rule's rows: the rows
@@ -954,9 +1100,14 @@ BEGIN
             '    SELECT ctid, %3$I AS k FROM %1$s WHERE %3$I < $1 AND %3$I >= $2 AND %2$s'
             '     ORDER BY %3$I LIMIT %4$s FOR UPDATE SKIP LOCKED'
             '), gone AS ('
-            '    DELETE FROM %1$s WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked)) AND %2$s RETURNING 1'
-            ') SELECT (SELECT count(*) FROM gone), (SELECT max(k) FROM picked)',
-            r.target::regclass, rule, col, j.batch_size)
+            '    DELETE FROM %1$s WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked)) AND %2$s RETURNING %5$s'
+            ')%6$s SELECT (SELECT count(*) FROM gone), (SELECT max(k) FROM picked)',
+            r.target::regclass, rule, col, j.batch_size,
+            -- With an archive, the rows move (see moved_rows): a data-modifying
+            -- CTE runs whether or not the query reads it.
+            CASE WHEN j.archive IS NULL THEN '1' ELSE '*' END,
+            CASE WHEN j.archive IS NOT NULL
+                 THEN format(', kept AS (%s)', @schema@.archive_insert(r.target::regclass, j.archive)) ELSE '' END)
         INTO deleted, last_key USING r.cutoff, r.keyset_from;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         IF r.cascade_tables IS NOT NULL THEN
@@ -976,7 +1127,8 @@ BEGIN
     END;
     IF held IS NOT NULL THEN
         SELECT h.deleted, h.moved, h.skipped INTO deleted, moved, skipped
-          FROM @schema@.delete_held(r.target::regclass, rule, path, r.cutoff, held, r.cascade_tables) AS h;
+          FROM @schema@.delete_held(r.target::regclass, rule, path, r.cutoff, held, r.cascade_tables,
+                                   j.archive) AS h;
     END IF;
 
     IF last_key IS NULL THEN
@@ -1002,6 +1154,40 @@ END
 $$;
 
 
+-- Archive before delete (see moved_rows below): the INSERT of the rows of
+-- CTE "gone", deleted from `rel`, into `archive`, column by column by name.
+CREATE FUNCTION @schema@.archive_insert(rel regclass, archive text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM gone', archive::regclass,
+                  string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum))
+      FROM pg_attribute a
+     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+
+-- Archive before delete (job.archive): the statement that moves the rows a
+-- DELETE of relation `rel` deletes into `archive` instead, in the same
+-- statement, WITH gone AS (<delete> RETURNING *) INSERT INTO <archive> ...;
+-- the statement unchanged when there is no archive. One statement, so one
+-- transaction: a batch's rows are in the archive exactly when they are gone
+-- from the table, whatever ends the run (a kill, a crash: the batch is
+-- undone whole). Its row count is the rows moved. Columns go by name (a
+-- leaf partition's order may differ); install checked that they fit, and a
+-- column added to the table since makes every batch fail, deleting nothing,
+-- until the archive has it too. Rows deleted by an ON DELETE CASCADE are
+-- not archived.
+CREATE FUNCTION @schema@.moved_rows(statement text, rel regclass, archive text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN archive IS NULL THEN statement
+                ELSE format('WITH gone AS (%s RETURNING *) %s', statement, @schema@.archive_insert(rel, archive)) END
+$$;
+
 -- A batch's rows, locked by it, whose delete needs a lock on another row that
 -- someone else holds. SKIP LOCKED skips rows of the job's own table only:
 -- when deleting a row needs a row the application holds elsewhere (a child
@@ -1020,7 +1206,8 @@ $$;
 -- Returns the rows deleted, those left, and the rows deleted by cascade per
 -- table of `counted`.
 CREATE FUNCTION @schema@.delete_held(rel regclass, rule text, path text, cutoff timestamptz, held tid[],
-                                     counted oid[], OUT deleted bigint, OUT skipped bigint, OUT moved bigint[])
+                                     counted oid[], archive text,
+                                     OUT deleted bigint, OUT skipped bigint, OUT moved bigint[])
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
@@ -1038,8 +1225,10 @@ BEGIN
         chunk := held[i:i + @held_chunk@ - 1];
         BEGIN
             SELECT c.deleted, c.moved INTO got, moved
-              FROM @schema@.delete_counted(format('DELETE FROM %1$s WHERE ctid = ANY($4) AND %2$s', rel, rule),
-                                           path, cutoff, NULL, NULL, chunk, counted, moved) AS c;
+              FROM @schema@.delete_counted(
+                       @schema@.moved_rows(format('DELETE FROM %1$s WHERE ctid = ANY($4) AND %2$s', rel, rule),
+                                           rel, archive),
+                       path, cutoff, NULL, NULL, chunk, counted, moved) AS c;
             deleted := deleted + got;
         EXCEPTION WHEN lock_not_available THEN
             waits := waits + 1;
@@ -1047,8 +1236,10 @@ BEGIN
                 EXIT WHEN waits >= @held_waits@;
                 BEGIN
                     SELECT c.deleted, c.moved INTO got, moved
-                      FROM @schema@.delete_counted(format('DELETE FROM %1$s WHERE ctid = ANY($4) AND %2$s', rel, rule),
-                                                   path, cutoff, NULL, NULL, ARRAY[one], counted, moved) AS c;
+                      FROM @schema@.delete_counted(
+                               @schema@.moved_rows(format('DELETE FROM %1$s WHERE ctid = ANY($4) AND %2$s',
+                                                          rel, rule), rel, archive),
+                               path, cutoff, NULL, NULL, ARRAY[one], counted, moved) AS c;
                     deleted := deleted + got;
                 EXCEPTION WHEN lock_not_available THEN
                     waits := waits + 1;  -- left to a later run
@@ -1288,7 +1479,8 @@ RETURNS TABLE (name text, installed boolean, enabled boolean, installed_at times
                error text, rows_deleted bigint, run_trigger text, rows_skipped bigint, cascaded_rows jsonb,
                success_at timestamptz, partial_at timestamptz, recent_outcomes text[],
                consecutive_failures bigint, running_since timestamptz, running_rows bigint,
-               max_runtime interval, fail_after integer, runs jsonb, recent_backlog bigint[])
+               max_runtime interval, fail_after integer, runs jsonb, recent_backlog bigint[],
+               replica_waited interval)
 -- PL/pgSQL rather than SQL: its plan is cached for the session, where a SQL
 -- function with a SET clause would be planned again on every call.
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -1317,12 +1509,13 @@ BEGIN
            (SELECT jsonb_object_agg(c.outcome, c.runs) FROM @schema@.run_count c WHERE c.job = n.name),
            ARRAY(SELECT r.backlog_after FROM @schema@.run r
                   WHERE r.job = n.name AND r.status IN ('succeeded', 'failed', 'partial')
-                  ORDER BY r.id DESC LIMIT 3)
+                  ORDER BY r.id DESC LIMIT 3),
+           last.replica_waited
       FROM (SELECT jj.name FROM @schema@.job jj UNION SELECT unnest(names)) AS n(name)
       LEFT JOIN @schema@.job j ON j.name = n.name
       LEFT JOIN LATERAL (
             SELECT r.started_at, r.finished_at, r.status, r.error, r.rows_deleted, r.trigger,
-                   r.rows_skipped, r.cascaded_rows
+                   r.rows_skipped, r.cascaded_rows, r.replica_waited
               FROM @schema@.run r
              WHERE r.job = n.name AND r.status IN ('succeeded', 'failed', 'partial')
              ORDER BY r.id DESC LIMIT 1) last ON true

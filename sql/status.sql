@@ -66,10 +66,18 @@ SELECT (SELECT ARRAY[n.nspname::text, c.relname::text]
        u.retain::interval::text,
        u.max_age::interval::text,
        u.max_runtime::interval::text,
-       u.retry_after::interval::text
+       u.retry_after::interval::text,
+       u.lag::interval::text,
+       u.pause::interval::text,
+       -- the archive as install stores it: "schema"."table", a bare name in the table's schema
+       (SELECT string_agg('"' || replace(p.part, '"', '""') || '"', '.' ORDER BY p.n)
+          FROM unnest(CASE WHEN cardinality(parse_ident(u.archive)) = 1
+                           THEN (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                  WHERE c.oid = to_regclass(u.tbl)) || parse_ident(u.archive)
+                           ELSE parse_ident(u.archive) END) WITH ORDINALITY AS p(part, n))
   FROM unnest(%(tables)s::text[], %(retains)s::text[], %(max_ages)s::text[], %(max_runtimes)s::text[],
-              %(retry_afters)s::text[])
-       WITH ORDINALITY AS u(tbl, retain, max_age, max_runtime, retry_after, i)
+              %(retry_afters)s::text[], %(lags)s::text[], %(pauses)s::text[], %(archives)s::text[])
+       WITH ORDINALITY AS u(tbl, retain, max_age, max_runtime, retry_after, lag, pause, archive, i)
  ORDER BY u.i;
 
 -- name: cron_failures

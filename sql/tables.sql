@@ -61,7 +61,16 @@ CREATE TABLE @schema@.job (
     -- retry_cap: the schedule's period (its shortest gap), computed by
     -- install. Both NULL: no retries.
     retry_after  interval CHECK (retry_after > interval '0'),
-    retry_cap    interval
+    retry_cap    interval,
+    -- Gentle runs (see run_job): between batches, wait while a standby's
+    -- replay lags more than max_replica_lag (NULL: never); pause batch_pause
+    -- after each batch that deleted rows (NULL: no pause).
+    max_replica_lag interval CHECK (max_replica_lag > interval '0'),
+    batch_pause  interval CHECK (batch_pause >= interval '0'),
+    -- The table each batch moves its rows into (schema.table, quoted as
+    -- needed; NULL: rows are deleted), and whose schema partitions past
+    -- retention move to (see moved_rows, remove_partition).
+    archive      text
 );
 
 -- Every run, scheduled or manual, including skipped and failed ones.
@@ -119,7 +128,9 @@ CREATE TABLE @schema@.run (
     -- What a run that succeeded left: the rows that expired while it ran plus
     -- those it left locked (exact up to one batch, else the planner's
     -- estimate; see backlog_left). Status warns when it grows from run to run.
-    backlog_after      bigint
+    backlog_after      bigint,
+    -- The time the run spent waiting for its standbys to catch up (max_replica_lag).
+    replica_waited     interval NOT NULL DEFAULT interval '0'
 );
 -- Status reads "the latest run of each job" and "the latest success of each
 -- job": each is one index probe (ORDER BY id DESC LIMIT 1) at any history size.
@@ -144,4 +155,4 @@ CREATE TABLE @schema@.run_count (
 );
 
 -- The version of these tables: the number of the last file in migrations/.
-INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '4');
+INSERT INTO @schema@.meta (key, value) VALUES ('schema_version', '5');

@@ -33,7 +33,9 @@ def test_status_benchmark_smoke() -> None:
 
 
 def test_cleanup_benchmark_smoke() -> None:
-    lines = bench("cleanup.py", "--rows", "20000", "--naive-batch", "2000", "--rounds", "2")
+    lines = bench(
+        "cleanup.py", "--rows", "20000", "--naive-batch", "2000", "--rounds", "2", "--archive-rounds", "2"
+    )
     assert "20,000 rows per table, half expired" in lines[0]
     assert lines[1].startswith("round 1 (dbjobs strategy: sweep")
     assert [line.split()[0] for line in lines[2:4]] == ["single", "dbjobs"]
@@ -44,6 +46,9 @@ def test_cleanup_benchmark_smoke() -> None:
         for line in lines[2:7:1]
         if line.startswith("  ")
     )
+    assert lines[-3].startswith("archive round 1: deleting ") and " archiving " in lines[-3]
+    assert lines[-2].startswith("archive round 2: archiving ") and "MiB" in lines[-2]
+    assert lines[-1].startswith("archiving vs deleting: time median ") and "over 2 rounds" in lines[-1]
     assert lines[7].startswith("naive IN batches of 2000: ")
     assert lines[8].startswith("dbjobs throughput vs single DELETE: median ") and "over 2 rounds" in lines[8]
 
@@ -51,8 +56,15 @@ def test_cleanup_benchmark_smoke() -> None:
 def test_contention_benchmark_smoke() -> None:
     lines = bench("contention.py", "--rows", "20000", "--seconds", "2")
     assert "20,000 rows, half expired" in lines[0]
-    assert [line[:16].strip() for line in lines[1:]] == ["idle", "dbjobs cleanup", "single DELETE"]
-    assert all(" p50 " in line for line in lines[1:])
+    assert [line[:16].strip() for line in lines[1:5]] == [
+        "idle",
+        "dbjobs cleanup",
+        "dbjobs paced",
+        "single DELETE",
+    ]
+    assert all(" p50 " in line for line in lines[1:5])
+    assert all("cleanup took" in line and "x idle" in line for line in lines[2:5])
+    assert lines[5].startswith("paced: batch_pause = '100 ms'; load average ")
 
 
 def test_partitions_benchmark_smoke() -> None:
@@ -71,6 +83,7 @@ def test_contention_benchmark_partitioned_smoke() -> None:
     lines = bench("contention.py", "--rows", "20000", "--seconds", "2", "--partitioned")
     assert "range-partitioned, the expired half in 10 partitions" in lines[0]
     assert lines[2].startswith("dbjobs cleanup") and lines[2].endswith("10 partitions dropped")
+    assert lines[3].startswith("dbjobs paced") and lines[3].endswith("10 partitions dropped")
 
 
 def test_cli_benchmark_smoke() -> None:

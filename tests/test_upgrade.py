@@ -120,9 +120,11 @@ def test_the_previous_release_upgrades_to_a_fresh_install(app: AppDb, dbjobs_cli
         (str(schema.latest_version()),)
     ]
     after = table_rows(app, "run")
-    # A scheduled run may have added one since. Columns added since hold NULL (backlog_after).
+    # A scheduled run may have added one since. Columns added since hold NULL (backlog_after) or
+    # their defaults (replica_waited).
     assert {id: {k: after[id][k] for k in row} for id, row in runs.items()} == runs
-    assert all(value is None for id in runs for k, value in after[id].items() if k not in runs[id])
+    assert {after[id]["backlog_after"] for id in runs} == {None}
+    assert {after[id]["replica_waited"] for id in runs} == {"00:00:00"}
     # Kept as they were; columns added since hold their defaults (NULL: max_runtime, fail_after).
     upgraded_jobs = table_rows(app, "job")
     assert {name: {k: upgraded_jobs[name][k] for k in job} for name, job in jobs.items()} == jobs
@@ -188,7 +190,9 @@ def test_the_first_shape_gets_every_column_from_migration_0001(app: AppDb, dbjob
     for id, row in runs.items():
         assert {k: after[id][k] for k in row} == row
         assert {k: v for k, v in after[id].items() if k not in row} == {
-            k: 0 if k in zero else None for k in after[id] if k not in row
+            k: 0 if k in zero else "00:00:00" if k == "replica_waited" else None
+            for k in after[id]
+            if k not in row
         }
     assert dbjobs_cli("--dsn", app.dsn, "run", "refresh_tokens").code == 0
 
@@ -218,8 +222,9 @@ def test_a_migration_takes_an_install_to_the_next_version(app: AppDb, dbjobs_cli
     )
     tables = (sql_dir / "tables.sql").read_text()
     tables = tables.replace(
-        "    backlog_after      bigint\n);",
-        "    backlog_after      bigint,\n    note text NOT NULL DEFAULT '' CHECK (note <> 'x')\n);",
+        "    replica_waited     interval NOT NULL DEFAULT interval '0'\n);",
+        "    replica_waited     interval NOT NULL DEFAULT interval '0',\n"
+        "    note text NOT NULL DEFAULT '' CHECK (note <> 'x')\n);",
     )
     tables = tables.replace(f"('schema_version', '{latest}')", f"('schema_version', '{latest + 1}')")
     assert "note text" in tables and f"'{latest + 1}')" in tables
