@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -199,6 +200,17 @@ def _databases(args: argparse.Namespace, dsn: str, config: Config) -> list[Datab
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`dbjobs watch | head -1`): no traceback. Point stdout at
+        # /dev/null so that the interpreter's final flush does not fail again, and exit as
+        # a shell reports a process that SIGPIPE ended.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     global _log_json
     argv = list(sys.argv[1:] if argv is None else argv)
     _log_json = "--log-format=json" in argv or any(

@@ -1485,6 +1485,9 @@ RETURNS TABLE (name text, installed boolean, enabled boolean, installed_at times
 -- function with a SET clause would be planned again on every call.
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- A health check must not wait for JIT compilation (hundreds of ms) when the
+-- planner's cost estimate of a large history passes jit_above_cost.
+SET jit = off
 AS $$
 #variable_conflict use_column
 BEGIN
@@ -1565,6 +1568,7 @@ RETURNS TABLE (jobid bigint, jobname text, schedule text, active boolean, userna
                pending_status text, pending_start timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- as status_history
 -- A generic plan would guess that "runid > floor" keeps a third of the table;
 -- planned for the actual floor it is a short index range scan.
 SET plan_cache_mode = force_custom_plan
@@ -1621,6 +1625,7 @@ RETURNS TABLE (job text, started_at timestamptz, finished_at timestamptz, status
                error text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off  -- as status_history
 AS $$
 #variable_conflict use_column
 BEGIN

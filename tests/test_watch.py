@@ -280,3 +280,39 @@ def test_the_command_prints_json_lines_until_stopped(
             proc.send_signal(stop)
             proc.wait(10)
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_a_reader_that_goes_away_ends_watch_without_a_traceback(
+    app_same: AppDb, dbjobs_cli: Any, write_config: Any
+) -> None:
+    """`dbjobs watch | head -1`: once the reader has gone, the next event ends watch quietly,
+    with the exit status a shell gives a process that SIGPIPE ended."""
+    app = app_same
+    app.execute(TABLES)
+    config = write_config(CONFIG)
+    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "dbjobs", "--dsn", app.dsn, "watch"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            wait_for(
+                lambda: (
+                    app.count("pg_stat_activity", "application_name = 'dbjobs watch' AND state = 'idle'") > 0
+                ),
+                15,
+                "dbjobs watch to LISTEN",
+            )
+            assert proc.stdout is not None
+            dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "tokens")
+            assert json.loads(proc.stdout.readline())["job"] == "tokens"
+            proc.stdout.close()  # what `head -1` does after its line
+            for _ in range(3):  # the first write after the close may still go into the pipe's buffer
+                dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "tokens")
+            proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 141 and "Traceback" not in stderr, stderr
