@@ -228,20 +228,28 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command in ("status", "serve"):  # read what is installed: a broken config is only a warning
             return READERS[args.command](args, dsn, *status_config(args.config, schema=args.schema))
         if args.command == "watch":  # like status: needs no configuration
-            return _cmd_watch(args, dsn, status_config(args.config, schema=args.schema)[0])
+            config = status_config(args.config, schema=args.schema)[0]
+            _one_database(args, config)
+            return _cmd_watch(args, dsn, config)
         config = load_config(args.config, schema=args.schema)
-        if config.databases and not args.dsn and args.command in ("run", "uninstall"):
-            names = ", ".join(d.name for d in config.databases)
-            raise ConfigError(
-                f"{args.command} works on one database and the configuration lists several ({names}): "
-                "name it with --dsn"
-            )
+        if args.command in ("run", "uninstall"):
+            _one_database(args, config)
         return COMMANDS[args.command](args, dsn, config)
     except (DbjobsError, psycopg.Error) as exc:
         if args.debug:
             raise
         message, code = _explain(exc)
         return _fail(redact(message, dsn), code)
+
+
+def _one_database(args: argparse.Namespace, config: Config) -> None:
+    """Refuse to guess, for a command that works on one database, which of the configuration's."""
+    if config.databases and not args.dsn:
+        names = ", ".join(d.name for d in config.databases)
+        raise ConfigError(
+            f"{args.command} works on one database and the configuration lists several ({names}): "
+            "name it with --dsn"
+        )
 
 
 def _redact_argv(message: str, argv: list[str]) -> str:
@@ -289,11 +297,12 @@ def _cmd_serve(args: argparse.Namespace, dsn: str, config: Config, config_proble
 
 
 def _each(
-    databases: list[Database], work: Callable[[Database], tuple[list[str], int]], *, json_lines: bool = False
+    databases: list[Database], work: Callable[[Database], tuple[list[str], int]], *, records: bool = False
 ) -> int:
     """Run ``work`` on each database in turn, its lines prefixed with the database's name (with
-    ``json_lines``, its lines are JSON records, printed as they are); an error in one is its line,
-    and the others still run. The exit code is the highest."""
+    ``records``, its lines are JSON records, printed as they are); an error in one is its line on
+    stderr (a JSON record with --log-format json), and the others still run. The exit code is the
+    highest."""
     code = 0
     for database in databases:
         try:
@@ -301,12 +310,14 @@ def _each(
         except (DbjobsError, psycopg.Error) as exc:
             message, result = _explain(exc)
             message = redact(message, database.dsn)
-            if json_lines:
-                lines = [logs.record("error", message, "error", exit_code=result, database=database.name)]
+            if _log_json:
+                error = logs.record("error", message, "error", exit_code=result, database=database.name)
             else:
-                lines = [f"error: {message}"]
+                error = f"{database.name}: error: {message}"
+            print(error, file=sys.stderr, flush=True)
+            lines = []
         for line in lines:
-            print(line if json_lines else f"{database.name}: {line}", flush=True)
+            print(line if records else f"{database.name}: {line}", flush=True)
         code = max(code, result)
     return code
 
@@ -322,7 +333,7 @@ def _cmd_install(args: argparse.Namespace, dsn: str, config: Config) -> int:
                 plan = install(conn, config, dry_run=args.dry_run)
             return (logs.plan_records(plan, "install", plan.lines()[-1]) if _log_json else plan.lines()), 0
 
-        return _each(databases, install_one, json_lines=_log_json)
+        return _each(databases, install_one, records=_log_json)
     with connect(dsn) as conn:
         plan = install(conn, config, dry_run=args.dry_run)
     if _log_json:

@@ -36,6 +36,7 @@ def plan_records(plan: Plan, command: str, nothing: str) -> list[str]:
             name=change.name,
             detail=change.detail or None,
             dry_run=plan.dry_run,
+            database=plan.database or None,
         )
         for change in plan.changes
     ]

@@ -275,7 +275,11 @@ DECLARE
     oldest pg_lsn;
     worst  interval;
 BEGIN
-    SELECT min(coalesce(s.replay_lsn, '0/0')), max(s.replay_lag) INTO oldest, worst FROM pg_stat_replication s;
+    -- Only the senders that replay: pg_receivewal and pg_basebackup's WAL stream
+    -- (a backup tool archiving WAL) report no replay position, ever.
+    SELECT min(s.replay_lsn), max(s.replay_lag) INTO oldest, worst
+      FROM pg_stat_replication s
+     WHERE s.replay_lsn IS NOT NULL;
     IF oldest IS NULL THEN  -- no standby
         mark := NULL;
         marked_at := NULL;

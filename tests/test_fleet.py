@@ -59,6 +59,13 @@ def test_three_databases_on_one_server(three: dict[str, AppDb], dbjobs_cli, writ
         ("plan", three[name].database, 0) for name in NAMES
     ]
     assert dbjobs_cli("--dsn", three["us"].dsn, "run", "--all").code == 0
+    # Commands that work on one database do not guess which: they ask for --dsn.
+    for command in (["run", "--all"], ["uninstall"], ["watch"]):
+        refused = dbjobs_cli("--config", config, *command)
+        assert refused.code == 2 and refused.err == (
+            f"dbjobs: error: {command[0]} works on one database and the configuration lists several "
+            f"({', '.join(NAMES)}): name it with --dsn\n"
+        ), refused.err
 
     result = dbjobs_cli("--config", config, "status", "--format", "json")
     document = json.loads(result.out)
@@ -177,3 +184,11 @@ def test_two_servers_one_stopped(three: dict[str, AppDb], dbjobs_cli, write_conf
 
         result = dbjobs_cli("--config", config, "status")
         assert result.code == 3 and "== remote\ndbjobs UNKNOWN: cannot connect to" in result.out
+        # doctor goes on past the stopped server; its error is a line on stderr (a JSON record
+        # with --log-format json), the others' checks on stdout.
+        doctor = dbjobs_cli("--config", config, "doctor")
+        assert doctor.code == 3 and doctor.err.startswith("remote: error: cannot connect to"), doctor.err
+        assert "eu: " in doctor.out and "remote: " not in doctor.out
+        doctor = dbjobs_cli("--log-format", "json", "--config", config, "doctor")
+        [error] = [json.loads(line) for line in doctor.err.splitlines()]
+        assert (error["event"], error["database"], error["exit_code"]) == ("error", "remote", 3)

@@ -28,7 +28,8 @@ def test_plan_runs_and_errors_as_json_lines(app_same: AppDb, dbjobs_cli: Any, wr
     plan = records(dry.out)
     assert [r["message"] for r in plan] == text.out.splitlines()  # the same lines, each an object
     changes, summary = plan[:-1], plan[-1]
-    assert {tuple(r) for r in changes} == {(*COMMON, "action", "kind", "name", "detail", "dry_run")}
+    keys = (*COMMON, "action", "kind", "name", "detail", "dry_run", "database")
+    assert {tuple(r) for r in changes} == {keys} and {r["database"] for r in changes} == {app.database}
     assert ("create", "job", "tokens") in {(r["action"], r["kind"], r["name"]) for r in changes}
     assert all(r["event"] == "change" and r["level"] == "info" and r["dry_run"] for r in changes)
     assert summary == {

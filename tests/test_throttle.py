@@ -6,6 +6,7 @@ superuser, granted pg_monitor as the README says; without it install refuses the
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from psycopg import sql
 from dbjobs.config import parse_config
 from dbjobs.errors import ConfigError
 from tests.conftest import AppDb
-from tests.devserver import ThrowawayServer
+from tests.devserver import ThrowawayServer, _as_server_user
 from tests.faults import jobs_by_name, need_local_servers, query, status_json, wait_for
 from tests.real_schemas import application_role, grant_tables
 
@@ -192,6 +193,42 @@ def test_a_run_waiting_for_a_standby_ends_partial_at_max_runtime(
     assert "partial: stopped at max_runtime" in result.out and "s for lagging standbys" in result.out
     # The rows it did not reach stay, for the next run.
     assert query(pair.primary.dsn("app"), "SELECT count(*) FROM sessions")[0][0] == ROWS + 10 - deleted
+
+
+def test_a_wal_archiver_that_never_replays_is_not_waited_for(
+    pair: Pair, sessions: Any, dbjobs_cli: Any
+) -> None:
+    """pg_receivewal (a backup tool streaming WAL to an archive) shows in pg_stat_replication with
+    no replay position, ever: the run waits for the standby that replays, not for it."""
+    sessions('max_runtime = "30 seconds"')
+    caught_up(pair)
+    target = pair.primary.workdir / "receivewal"
+    subprocess.run(_as_server_user(["mkdir", "-p", str(target)]), check=True)
+    receiver = subprocess.Popen(
+        _as_server_user(
+            [str(pair.primary.bindir / "pg_receivewal"), "-h", "127.0.0.1", "-p", str(pair.primary.port),
+             "-U", "postgres", "-D", str(target), "--no-loop"]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: query(
+                pair.primary.dsn(),
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pg_receivewal'"
+                " AND replay_lsn IS NULL",
+            )[0][0],
+            15,
+            "pg_receivewal to stream",
+        )
+        result = dbjobs_cli("--dsn", pair.app, "run", "sessions")
+        status, deleted, waited, error = latest_run(pair.app)
+        assert (result.code, status, deleted, error) == (0, "succeeded", ROWS, None), result.out + result.err
+        assert waited < 5, waited  # a moment now and then for the real standby, never until max_runtime
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
 
 
 def test_no_standby_no_wait(app_separate: AppDb, dbjobs_cli: Any, write_config: Any) -> None:
