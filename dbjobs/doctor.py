@@ -82,11 +82,12 @@ def doctor(conn: psycopg.Connection[Any], config: Config) -> list[Check]:
         checks.append(Check("jobs", "fail", f"cannot read the status: {' '.join(str(exc).split())}"))
         return checks
     if not report.installed:
-        fix = (
-            "run `dbjobs install`"
-            if may_create
-            else "GRANT CREATE ON DATABASE to this role, then `dbjobs install`"
-        )
+        if may_create:
+            fix = "run `dbjobs install`"
+        else:
+            database, role = conn.execute("SELECT current_database(), current_user").fetchone() or ("", "")
+            grant = f"GRANT CREATE ON DATABASE {_quoted(database)} TO {_quoted(role)}"
+            fix = f"{grant} (dbjobs creates its schema), then `dbjobs install`"
         checks.append(Check("installed", "warn", "dbjobs is not installed in this database", fix))
     else:
         states = {job.name: job.state for job in report.jobs}
@@ -512,3 +513,7 @@ def _row_security_checks(conn: psycopg.Connection[Any], jobs: list[catalog.Resol
             detail = f"applies to role {role} on {relations}; its policies let it see and delete every row"
             checks.append(Check(name, "pass", detail))
     return checks
+
+
+def _quoted(name: str) -> str:
+    return sql.Identifier(name).as_string(None)

@@ -123,10 +123,15 @@ class StoredJob:
     def differences(self, other: StoredJob) -> list[str]:
         """``field old -> new`` for each column that differs (the schedule is pg_cron's to compare)."""
         return [
-            f"{name} {getattr(self, name)!r} -> {getattr(other, name)!r}"
+            f"{name} {_shown(getattr(self, name))} -> {_shown(getattr(other, name))}"
             for name in self.__dataclass_fields__
             if name != "schedule" and getattr(self, name) != getattr(other, name)
         ]
+
+
+def _shown(value: object) -> str:
+    """A stored value in a plan line: quoted as in the configuration, ``unset`` for none."""
+    return "unset" if value is None else repr(value)
 
 
 # What install keeps in dbjobs' meta table for the cleanup procedure and status to read.
@@ -238,6 +243,9 @@ def _schema_change(conn: psycopg.Connection[Any], schema: str, settings: dict[st
                 "set schema to a name of dbjobs' own"
             )
 
+        if not state.exists:
+            _require_create_on_database(conn, quoted)
+
         def create(target: Target) -> None:
             dbschema.apply(target.conn, target.schema)
             _write_meta(target, {**settings, "sql_digest": dbschema.routines_digest()}, installed_at=True)
@@ -250,6 +258,21 @@ def _schema_change(conn: psycopg.Connection[Any], schema: str, settings: dict[st
         _write_meta(target, {"sql_digest": dbschema.routines_digest()})
 
     return None if detail is None else Change("update", "schema", quoted, detail, upgrade)
+
+
+def _require_create_on_database(conn: psycopg.Connection[Any], quoted_schema: str) -> None:
+    """Creating dbjobs' schema takes CREATE on the database: say which grant, before anything changes."""
+    row = conn.execute(
+        "SELECT has_database_privilege(current_database(), 'CREATE'), current_database(), current_user"
+    ).fetchone()
+    assert row is not None
+    may_create, database, role = row
+    if not may_create:
+        raise PrerequisiteError(
+            f"role {role!r} may not create schema {quoted_schema} in database {database!r}: "
+            f"GRANT CREATE ON DATABASE {sql.Identifier(database).as_string(None)} "
+            f"TO {sql.Identifier(role).as_string(None)} (or create the schema beforehand, owned by it)"
+        )
 
 
 def _write_meta(target: Target, values: dict[str, str], *, installed_at: bool = False) -> None:

@@ -303,10 +303,21 @@ def chart(job: str, runs: Sequence[Run]) -> str:
         parts.append("</g>")
         points.append(f"{x + step / 2:.1f},{top - 12 - 20 * durations[i] / longest:.1f}")
     parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#555" stroke-width="1.5"/>')
-    parts.append(f'<text x="{_WIDTH - 56}" y="{top - 18}">{_e(_duration(longest))}</text>')
-    parts.append(f'<text x="{_WIDTH - 56}" y="{bottom - 4}">{most_rows:,} rows</text>')
+    # The scale, right-aligned in the margin beside the plot: the longest run, the most rows.
+    scale = f'x="{_WIDTH - 2}" text-anchor="end" font-size="10"'
+    parts.append(f'<text {scale} y="{top - 18}">{_e(_duration(longest))}</text>')
+    most = max(r.rows_deleted for r in runs)
+    parts.append(f'<text {scale} y="{bottom - 4}">{_count(most)} {"row" if most == 1 else "rows"}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _count(n: int) -> str:
+    """A count that fits the chart's margin: 1,000 as it is, 250k, 1.5M."""
+    for at_least, unit, suffix in ((10**9, 10**9, "G"), (10**6, 10**6, "M"), (10**4, 10**3, "k")):
+        if n >= at_least:
+            return f"{n / unit:.3g}{suffix}"
+    return f"{n:,}"
 
 
 def _e(text: str) -> str:

@@ -81,6 +81,20 @@ def test_schedule_change_updates_in_place(default_tables: AppDb, dbjobs_cli, wri
     assert [(j[0], j[2]) for j in app.cron_jobs()] == [(jobid, "0 3 * * *")]
     assert app.execute("SELECT retain::text FROM dbjobs.job") == [("3 days",)]
 
+    # A setting added, then taken away: "unset" on the side where there is none.
+    config = write_config(
+        '[jobs.login_attempts]\ntable = "login_attempts"\nexpires = ["created_at"]\n'
+        'retain = "3 days"\nschedule = "0 0 3 * * *"\nmax_age = "2 days"\n'
+    )
+    added = dbjobs_cli("--dsn", app.dsn, "--config", config, "install").out.splitlines()
+    assert added == ["update job login_attempts: max_age unset -> '2 days'"]
+    config = write_config(
+        '[jobs.login_attempts]\ntable = "login_attempts"\nexpires = ["created_at"]\n'
+        'retain = "3 days"\nschedule = "0 0 3 * * *"\n'
+    )
+    removed = dbjobs_cli("--dsn", app.dsn, "--config", config, "install").out.splitlines()
+    assert removed == ["update job login_attempts: max_age '2 days' -> unset"]
+
 
 def test_dry_run_changes_nothing(default_tables: AppDb, dbjobs_cli, write_config) -> None:
     app = default_tables

@@ -58,3 +58,41 @@ def test_application_role_without_superuser(app_separate: AppDb, dbjobs_cli) -> 
         app.cron(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(app.database)))
         app.cron(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         app.cron(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_role_that_may_not_create_the_schema_is_told_which_grant(app_separate: AppDb, dbjobs_cli) -> None:
+    """A role with pg_cron's grants and its tables, but no CREATE on the database: install names
+    the grant and changes nothing; doctor gives the same fix; with it, install goes through."""
+    app = app_separate
+    role = f"cleaner_{app.database}"
+    ident, database = sql.Identifier(role), sql.Identifier(app.database)
+    app.execute(DEFAULT_TABLES)
+    app.cron(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    try:
+        app.cron(sql.SQL(GRANTS).format(role=ident))
+        app.execute(
+            sql.SQL("GRANT SELECT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(ident)
+        )
+        app.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        dsn = psycopg.conninfo.make_conninfo(app.dsn, user=role)
+        grant = f"GRANT CREATE ON DATABASE {database.as_string(None)} TO {ident.as_string(None)}"
+
+        refused = dbjobs_cli("--dsn", dsn, "install")
+        assert (refused.code, refused.err) == (
+            3,
+            f'dbjobs: error: role {role!r} may not create schema "dbjobs" in database {app.database!r}: '
+            f"{grant} (or create the schema beforehand, owned by it)\n",
+        )
+        assert app.cron_jobs() == [] and app.execute("SELECT to_regnamespace('dbjobs')") == [(None,)]
+        doctor = dbjobs_cli("--dsn", dsn, "doctor")
+        assert f"fix: {grant} (dbjobs creates its schema), then `dbjobs install`" in doctor.out, doctor.out
+
+        app.execute(grant)
+        installed = dbjobs_cli("--dsn", dsn, "install")
+        assert installed.code == 0, installed.err
+        assert dbjobs_cli("--dsn", dsn, "uninstall").code == 0
+    finally:
+        app.cron("SELECT cron.unschedule(jobid) FROM cron.job WHERE username = %s", [role])
+        app.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        app.cron(sql.SQL("DROP OWNED BY {}").format(ident))
+        app.cron(sql.SQL("DROP ROLE {}").format(ident))

@@ -257,3 +257,23 @@ def test_status_runs_is_bounded(fleet_app: AppDb, monitor: str) -> None:
             "DELETE FROM dbjobs.run"
             " WHERE job = 'password_resets' AND trigger = 'manual' AND started_at > now()"
         )
+
+
+def test_the_chart_scale_fits_its_margin() -> None:
+    """The most rows one run deleted, compact enough for the chart's margin; none is 0, not 1."""
+    from datetime import UTC, datetime, timedelta
+
+    from dbjobs.fleet import Run
+    from dbjobs.serve import chart
+
+    start = datetime(2026, 11, 29, tzinfo=UTC)
+
+    def runs(*rows: int) -> list[Run]:
+        minute = timedelta(minutes=1)
+        return [Run(start + i * minute, start + i * minute, "succeeded", n, None) for i, n in enumerate(rows)]
+
+    assert ">250k rows</text>" in chart("big", runs(1_000, 250_000))
+    assert ">1.5M rows</text>" in chart("bigger", runs(1_500_000))
+    assert ">9,999 rows</text>" in chart("small", runs(9_999, 3))
+    assert ">0 rows</text>" in chart("idle", runs(0, 0))
+    assert ">1 row</text>" in chart("one", runs(1, 0))
