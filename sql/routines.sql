@@ -37,6 +37,10 @@
 --     Those rows are deleted this many at a time, then one at a time.
 -- define held_waits = 20
 --     A batch waits that way at most this many times, then leaves its rest.
+-- define retry_early = 5 seconds
+--     retry_due runs a retry due within this long: pg_cron starts _retry a few
+--     milliseconds into each minute, just before a retry of a scheduled run
+--     (which failed a few milliseconds into its minute) comes due.
 -- define status_window_max = 10000
 --     The most runs of pg_cron's history status_cron() reads, whatever it is asked.
 -- define status_runs_max = 100
@@ -1438,14 +1442,16 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     due text[] := ARRAY(SELECT r.name FROM @schema@.retries() r
-                         WHERE r.retry_at <= pg_catalog.now() ORDER BY r.retry_at, r.name);
+                         WHERE r.retry_at <= pg_catalog.now() + interval '@retry_early@'
+                         ORDER BY r.retry_at, r.name);
     job_name text;
     run_id bigint;  -- run_job's INOUT argument, which a CALL in PL/pgSQL must give a variable
 BEGIN
     FOREACH job_name IN ARRAY due LOOP
         -- Still due? A retry before it took time, in which its own schedule may have run it.
         CONTINUE WHEN NOT EXISTS (SELECT FROM @schema@.retries() r
-                                   WHERE r.name = job_name AND r.retry_at <= pg_catalog.clock_timestamp());
+                                   WHERE r.name = job_name
+                                     AND r.retry_at <= pg_catalog.clock_timestamp() + interval '@retry_early@');
         CONTINUE WHEN NOT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('dbjobs.run'),
                                                           pg_catalog.hashtext(job_name));
         -- Released before run_job takes it again: a run started in between makes

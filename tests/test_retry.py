@@ -225,6 +225,21 @@ def test_retry_due_runs_the_due_jobs_only_and_never_beside_a_running_run(arithme
     assert app.execute("SELECT count(*) FROM dbjobs.run WHERE started_at > %s", [now]) == [(1,)]
 
 
+def test_a_retry_due_within_seconds_runs_at_this_minutes_check(arithmetic: AppDb) -> None:
+    """pg_cron starts _retry a few milliseconds into the minute, just before the retry of a
+    scheduled run (ended a few milliseconds into its minute) is due: a retry due within
+    retry_early (5 s) runs now, not a minute late; one due later waits."""
+    app = arithmetic
+    now = app.execute("SELECT now()")[0][0]
+    took = timedelta(seconds=1)
+    soon = now - timedelta(minutes=20) + timedelta(seconds=2)  # hourly's retry: due in 3 s
+    later = now - timedelta(minutes=5) + timedelta(seconds=30)  # daily's: due in 31 s
+    history(app, "hourly", ("failed", soon - took, soon))
+    history(app, "daily", ("failed", later - took, later))
+    app.execute("CALL dbjobs.retry_due()")
+    assert app.execute("SELECT job FROM dbjobs.run WHERE trigger = 'retry'") == [("hourly",)]
+
+
 # ---------------------------------------------------------------------------
 # dbjobs' retry job: installed while some job sets retry_after
 # ---------------------------------------------------------------------------
