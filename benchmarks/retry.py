@@ -14,11 +14,8 @@ allowed (what retries() cost before it pinned jit = off), in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -27,27 +24,11 @@ import dbjobs
 from dbjobs.config import parse_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.devserver
+from benchmarks.timing import summary, timings
 from tests.devserver import ThrowawayServer
 
 JOB = '[jobs.{name}]\ntable = "sessions"\nexpires = "expires_at"\nretain = "1 day"\nschedule = "0 3 * * *"\n'
 CONFIG = 'retry_after = "5 minutes"\n' + "".join(JOB.format(name=name) for name in "abcd")
-
-
-def timings(fn: Callable[[], object], repeat: int) -> list[float]:
-    fn()  # warm the caches and plans
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
-def summary(name: str, samples: list[float]) -> tuple[float, float]:
-    median = statistics.median(samples)
-    p95 = statistics.quantiles(samples, n=20)[-1] if len(samples) >= 20 else max(samples)
-    print(f"{name:<36} median {median:8.2f} ms   p95 {p95:8.2f} ms   ({len(samples)} runs)")
-    return median, p95
 
 
 def main() -> None:
@@ -92,9 +73,9 @@ def main() -> None:
             assert query is not None and query[0]
             conn.execute("SET jit = on")
             jit_ms = timings(lambda: conn.execute(query[0]).fetchall(), max(5, args.repeat // 10))
-            _, retry_p95 = summary("CALL retry_due() (nothing due)", retry_ms)
-            _, empty_p95 = summary("CALL of an empty procedure", empty_ms)
-            _, jit_p95 = summary("the same check, JIT allowed", jit_ms)
+            _, retry_p95 = summary("CALL retry_due() (nothing due)", retry_ms, width=36)
+            _, empty_p95 = summary("CALL of an empty procedure", empty_ms, width=36)
+            _, jit_p95 = summary("the same check, JIT allowed", jit_ms, width=36)
             print(
                 f"ratio: retry_due p95 / empty CALL p95 = {retry_p95 / empty_p95:.1f}x; "
                 f"JIT allowed p95 / retry_due p95 = {jit_p95 / retry_p95:.1f}x"

@@ -30,6 +30,7 @@ import psycopg
 import dbjobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: tests.devserver
+from benchmarks.timing import summary, timings
 from tests.devserver import ThrowawayServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -37,23 +38,6 @@ NAIVE = """
 SELECT jobid, max(end_time) FILTER (WHERE status = 'succeeded'), max(end_time)
   FROM cron.job_run_details GROUP BY jobid
 """
-
-
-def timings(fn: Callable[[], object], repeat: int) -> list[float]:
-    fn()  # warm the caches and plans
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
-def summary(name: str, samples: list[float]) -> tuple[float, float]:
-    median = statistics.median(samples)
-    p95 = statistics.quantiles(samples, n=20)[-1] if len(samples) >= 20 else max(samples)
-    print(f"{name:<28} median {median:8.2f} ms   p95 {p95:8.2f} ms   ({len(samples)} runs)")
-    return median, p95
 
 
 def main() -> None:

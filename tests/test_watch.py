@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -251,11 +252,12 @@ def server_rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
         return conn.execute(query).fetchall()
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_the_command_prints_json_lines_until_stopped(
-    stop: signal.Signals, app_same: AppDb, dbjobs_cli: Any, write_config: Any
-) -> None:
-    app = app_same
+@contextmanager
+def watching_process(
+    app: AppDb, dbjobs_cli: Any, write_config: Any
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`dbjobs watch` as a process (JSON lines: its stdout is a pipe), once it LISTENs; with the
+    configuration its jobs were installed from. Killed on the way out if still running."""
     app.execute(TABLES)
     config = write_config(CONFIG)
     assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
@@ -265,21 +267,27 @@ def test_the_command_prints_json_lines_until_stopped(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     ) as proc:
         try:
-
-            def listening() -> bool:
-                return (
-                    app.count("pg_stat_activity", "application_name = 'dbjobs watch' AND state = 'idle'") > 0
-                )
-
-            wait_for(listening, 15, "dbjobs watch to LISTEN")
-            dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "tokens")
-            assert proc.stdout is not None
-            event = json.loads(proc.stdout.readline())
-            assert (event["job"], event["outcome"], event["rows_deleted"]) == ("tokens", "succeeded", 5)
+            listening = "application_name = 'dbjobs watch' AND state = 'idle'"
+            wait_for(lambda: app.count("pg_stat_activity", listening) > 0, 15, "dbjobs watch to LISTEN")
+            yield proc, config
         finally:
-            proc.send_signal(stop)
-            proc.wait(10)
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_the_command_prints_json_lines_until_stopped(
+    stop: signal.Signals, app_same: AppDb, dbjobs_cli: Any, write_config: Any
+) -> None:
+    with watching_process(app_same, dbjobs_cli, write_config) as (proc, config):
+        dbjobs_cli("--dsn", app_same.dsn, "--config", config, "run", "tokens")
+        assert proc.stdout is not None
+        event = json.loads(proc.stdout.readline())
+        assert (event["job"], event["outcome"], event["rows_deleted"]) == ("tokens", "succeeded", 5)
+        proc.send_signal(stop)
+        proc.wait(10)
+        stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, stderr
 
 
 def test_a_reader_that_goes_away_ends_watch_without_a_traceback(
@@ -287,32 +295,13 @@ def test_a_reader_that_goes_away_ends_watch_without_a_traceback(
 ) -> None:
     """`dbjobs watch | head -1`: once the reader has gone, the next event ends watch quietly,
     with the exit status a shell gives a process that SIGPIPE ended."""
-    app = app_same
-    app.execute(TABLES)
-    config = write_config(CONFIG)
-    assert dbjobs_cli("--dsn", app.dsn, "--config", config, "install").code == 0
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "dbjobs", "--dsn", app.dsn, "watch"]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        try:
-            wait_for(
-                lambda: (
-                    app.count("pg_stat_activity", "application_name = 'dbjobs watch' AND state = 'idle'") > 0
-                ),
-                15,
-                "dbjobs watch to LISTEN",
-            )
-            assert proc.stdout is not None
-            dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "tokens")
-            assert json.loads(proc.stdout.readline())["job"] == "tokens"
-            proc.stdout.close()  # what `head -1` does after its line
-            for _ in range(3):  # the first write after the close may still go into the pipe's buffer
-                dbjobs_cli("--dsn", app.dsn, "--config", config, "run", "tokens")
-            proc.wait(15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with watching_process(app_same, dbjobs_cli, write_config) as (proc, config):
+        assert proc.stdout is not None
+        dbjobs_cli("--dsn", app_same.dsn, "--config", config, "run", "tokens")
+        assert json.loads(proc.stdout.readline())["job"] == "tokens"
+        proc.stdout.close()  # what `head -1` does after its line
+        for _ in range(3):  # the first write after the close may still go into the pipe's buffer
+            dbjobs_cli("--dsn", app_same.dsn, "--config", config, "run", "tokens")
+        proc.wait(15)
         stderr = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == 141 and "Traceback" not in stderr, stderr
