@@ -12,6 +12,7 @@ import pytest
 from dbjobs import cron
 from tests.conftest import DEFAULT_TABLES, SAMPLE_ROWS
 from tests.devserver import ThrowawayServer
+from tests.faults import scheduler_up, wait_for
 from tests.servers import source
 
 ROLE = "app_owner"
@@ -91,6 +92,9 @@ def test_pg_cron_missing_from_the_schedulers_database_is_one_clear_line(
     defaultdb.execute("DROP EXTENSION pg_cron", dbname="defaultdb")
     try:
         for argv in (["install"], ["status"]):
+            # The scheduler is up there (what this test is about): on a loaded machine pg_cron
+            # 1.6 may still be restarting its launcher after the DROP; dbjobs finds it by it.
+            wait_for(lambda: scheduler_up(defaultdb), 15, "pg_cron's scheduler in defaultdb")
             result = dbjobs_cli("--dsn", defaultdb.dsn("app", user=ROLE), *argv)
             assert result.code == 3, result
             [line] = result.err.splitlines()
