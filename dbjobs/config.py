@@ -307,38 +307,26 @@ def _parse_job(name: str, spec: Any, problems: list[str]) -> Job | None:
     elif batch_size > 1_000_000:
         found.append(f"{where}: batch_size {batch_size} is too large (at most 1000000)")
 
-    predicate, max_age = spec.get("where"), spec.get("max_age")
-    with collect_problems(found):
-        if predicate is not None:
-            _require_text(where, "where", predicate)
-    with collect_problems(found):
-        if max_age is not None:
-            _require_text(where, "max_age", max_age)
+    def optional_text(key: str) -> Any:
+        """The job's ``key`` as written (None when absent); a value that is not text is a problem."""
+        value = spec.get(key)
+        with collect_problems(found):
+            if value is not None:
+                _require_text(where, key, value)
+        return value
+
+    predicate, max_age = optional_text("where"), optional_text("max_age")
     with collect_problems(found):
         retain = _require_text(where, "retain", spec["retain"]) if "retain" in spec else None
     with collect_problems(found):
         schedule_ = _parse_schedule(where, "schedule", spec["schedule"]) if "schedule" in spec else None
-    max_runtime, fail_after = spec.get("max_runtime"), spec.get("fail_after")
-    retry_after = spec.get("retry_after")
-    with collect_problems(found):
-        if max_runtime is not None:
-            _require_text(where, "max_runtime", max_runtime)
-    with collect_problems(found):
-        if retry_after is not None:
-            _require_text(where, "retry_after", retry_after)
+    max_runtime, retry_after = optional_text("max_runtime"), optional_text("retry_after")
+    fail_after = spec.get("fail_after")
     with collect_problems(found):
         if fail_after is not None:
             _check_fail_after(where, fail_after)
-    max_replica_lag, batch_pause = spec.get("max_replica_lag"), spec.get("batch_pause")
-    archive = spec.get("archive")
-    for key, value in (
-        ("max_replica_lag", max_replica_lag),
-        ("batch_pause", batch_pause),
-        ("archive", archive),
-    ):
-        with collect_problems(found):
-            if value is not None:
-                _require_text(where, key, value)
+    max_replica_lag, batch_pause = optional_text("max_replica_lag"), optional_text("batch_pause")
+    archive = optional_text("archive")
     partitions = spec.get("partitions", "drop")
     if partitions not in PARTITION_MODES:
         found.append(
