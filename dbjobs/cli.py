@@ -313,7 +313,7 @@ def _each(
             if _log_json:
                 error = logs.record("error", message, "error", exit_code=result, database=database.name)
             else:
-                error = f"{database.name}: error: {message}"
+                error = f"dbjobs: error: {database.name}: {message}"
             print(error, file=sys.stderr, flush=True)
             lines = []
         for line in lines:

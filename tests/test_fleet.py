@@ -187,7 +187,8 @@ def test_two_servers_one_stopped(three: dict[str, AppDb], dbjobs_cli, write_conf
         # doctor goes on past the stopped server; its error is a line on stderr (a JSON record
         # with --log-format json), the others' checks on stdout.
         doctor = dbjobs_cli("--config", config, "doctor")
-        assert doctor.code == 3 and doctor.err.startswith("remote: error: cannot connect to"), doctor.err
+        assert doctor.code == 3, doctor.err
+        assert doctor.err.startswith("dbjobs: error: remote: cannot connect to"), doctor.err
         assert "eu: " in doctor.out and "remote: " not in doctor.out
         doctor = dbjobs_cli("--log-format", "json", "--config", config, "doctor")
         [error] = [json.loads(line) for line in doctor.err.splitlines()]
