@@ -1468,13 +1468,17 @@ $$;
 -- Status
 -- ===========================================================================
 
--- Status for a monitoring role that may read nothing else. Both functions are
--- SECURITY DEFINER, so they run as the role that installed dbjobs: that role
--- owns the history, and pg_cron's row-level security shows it its own jobs
--- only. They return facts about dbjobs' jobs and nothing else; grant them with
+-- Status for a monitoring role that may read nothing else. The status_*
+-- functions are SECURITY DEFINER, so they run as the role that installed
+-- dbjobs: that role owns the history, and pg_cron's row-level security shows
+-- it its own jobs only. They return facts about dbjobs' jobs and nothing else;
+-- grant them with
 --   GRANT USAGE ON SCHEMA dbjobs TO monitor;
---   GRANT EXECUTE ON FUNCTION dbjobs.status_history(text[]), dbjobs.status_cron(text[], bigint),
---       dbjobs.status_backlog(text) TO monitor;
+--   GRANT EXECUTE ON FUNCTION dbjobs.status_history(text[]), dbjobs.status_cron(text[], bigint)
+--       TO monitor;
+-- and, for what needs them, status_backlog(text) (status --backlog),
+-- status_runs(text[], integer) (dbjobs serve) and status_events(timestamptz)
+-- (dbjobs watch after a reconnection).
 
 -- Every installed job, and any other name asked for (a job in the caller's
 -- configuration that is not installed): its definition, whether install left
