@@ -15,6 +15,7 @@ import pytest
 
 import dbjobs
 from tests.conftest import AppDb
+from tests.faults import wait_for
 
 CONFIG = """
 [jobs.sessions]
@@ -108,15 +109,32 @@ def test_install_racing_uninstall_ends_in_one_state(app: AppDb, write_config, fi
     with slow_cron_commits(app):
         steps = [install, uninstall] if first == "install" else [uninstall, install]
         threads = []
-        for step in steps:
-            threads.append(in_thread(step))
-            time.sleep(0.1)  # the second one starts while the first holds the lock or commits
+        threads.append(in_thread(steps[0]))
+        # The second one starts once the first holds install's lock, or has already finished
+        # (on a loaded machine the first thread may take longer than any fixed pause to get there).
+        first_thread = threads[0][0]
+        wait_for(
+            lambda: holds_install_lock(app) or not first_thread.is_alive(),
+            30,
+            f"{first} to take install's lock",
+            interval=0.02,
+        )
+        threads.append(in_thread(steps[1]))
         for thread, _ in threads:
             thread.join(timeout=60)
     for _, outcome in threads:
         assert len(outcome) == 1 and not isinstance(outcome[0], BaseException), outcome
     # The second one ran after the first: its state is the final one, whole.
     assert state(app) == (UNINSTALLED if first == "install" else INSTALLED)
+
+
+def holds_install_lock(app: AppDb) -> bool:
+    """Whether a session holds install's advisory lock (install.INSTALL_LOCK's first key)."""
+    [(held,)] = app.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2"
+        " AND classid = (hashtext('dbjobs.install')::bigint & 4294967295)::text::oid"
+    )
+    return bool(held)
 
 
 def call_run_job(app: AppDb, trigger: str) -> Callable[[], object]:
